@@ -1,0 +1,10 @@
+"""trl-rankalign: listwise preference alignment as drop-in TRL trainers."""
+
+__version__ = "0.1.0"
+
+from .rank_dpo_config import RankDPOConfig
+from .rank_dpo_trainer import RankDPOTrainer
+from .ranked_trainer import RankedPreferenceTrainer
+
+
+__all__ = ["RankDPOConfig", "RankDPOTrainer", "RankedPreferenceTrainer"]
