@@ -2,9 +2,11 @@
 
 __version__ = "0.1.0"
 
+from .pro_config import PROConfig
+from .pro_trainer import PROTrainer
 from .rank_dpo_config import RankDPOConfig
 from .rank_dpo_trainer import RankDPOTrainer
 from .ranked_trainer import RankedPreferenceTrainer
 
 
-__all__ = ["RankDPOConfig", "RankDPOTrainer", "RankedPreferenceTrainer"]
+__all__ = ["PROConfig", "PROTrainer", "RankDPOConfig", "RankDPOTrainer", "RankedPreferenceTrainer"]

@@ -1,0 +1,55 @@
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+from .rank_dpo_config import reject_pairwise_only_options
+
+
+TEMPERATURE_MODES = ("reward_difference", "constant")
+
+
+@dataclass
+class PROConfig(DPOConfig):
+    r"""
+    Configuration for [`PROTrainer`]: Preference Ranking Optimization (Song et al. 2023), reference-free.
+
+    Extends [`~trl.DPOConfig`] with only the fields below. PRO uses no reference model, so `beta` and
+    `precompute_ref_log_probs` have no effect (the latter is rejected); TRL's pairwise-only options are rejected.
+
+    Parameters:
+        sft_weight (`float`, *optional*, defaults to `0.05`):
+            Weight β of the SFT term (token-mean NLL of the batch's top-ranked completions, as TRL's `sft` loss
+            type). The paper adds β·L_SFT to the ranking loss; the authors' launch scripts pass 0.05 and their code
+            multiplies it by (K−1)², so their effective weight is 0.05·(K−1)² (see `scale_sft_weight_by_k`). Their
+            NLL sums token log-probs where this one averages them, so the same number weighs the SFT term less here
+            by about the completion length.
+        scale_sft_weight_by_k (`bool`, *optional*, defaults to `True`):
+            Multiply `sft_weight` by (K−1)², K the batch's longest list, as the authors' code does.
+        temperature_mode (`str`, *optional*, defaults to `"reward_difference"`):
+            `"reward_difference"`: the paper's weights w_{k,i} = r_k − r_i (a dynamic temperature). `"constant"`:
+            w ≡ 1/`temperature` for every non-tied pair.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            τ of the constant mode; in the reward-difference mode every weight is divided by it (1.0 is the paper).
+    """
+
+    sft_weight: float = field(default=0.05, metadata={"help": "Weight of the SFT term on the top completion."})
+    scale_sft_weight_by_k: bool = field(
+        default=True, metadata={"help": "Multiply sft_weight by (K-1)^2, as the authors' code does."}
+    )
+    temperature_mode: str = field(
+        default="reward_difference",
+        metadata={"help": "Ranking weights.", "choices": list(TEMPERATURE_MODES)},
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Temperature τ (constant mode), or weight divisor."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.temperature_mode not in TEMPERATURE_MODES:
+            raise ValueError(f"temperature_mode must be one of {TEMPERATURE_MODES}, got {self.temperature_mode!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
+        if self.precompute_ref_log_probs:
+            raise ValueError("PRO is reference-free: precompute_ref_log_probs must be False.")
+        reject_pairwise_only_options(self, "PROTrainer")
