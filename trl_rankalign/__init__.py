@@ -7,6 +7,20 @@ from .pro_trainer import PROTrainer
 from .rank_dpo_config import RankDPOConfig
 from .rank_dpo_trainer import RankDPOTrainer
 from .ranked_trainer import RankedPreferenceTrainer
+from .rrhf_config import RRHFConfig
+from .rrhf_trainer import RRHFTrainer
+from .slic_config import SLiCConfig
+from .slic_trainer import SLiCTrainer
 
 
-__all__ = ["PROConfig", "PROTrainer", "RankDPOConfig", "RankDPOTrainer", "RankedPreferenceTrainer"]
+__all__ = [
+    "PROConfig",
+    "PROTrainer",
+    "RRHFConfig",
+    "RRHFTrainer",
+    "RankDPOConfig",
+    "RankDPOTrainer",
+    "RankedPreferenceTrainer",
+    "SLiCConfig",
+    "SLiCTrainer",
+]

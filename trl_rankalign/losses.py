@@ -35,7 +35,7 @@ Ties (equal scores among valid completions) in `plackett_luce_loss`, through its
 `lipo_lambda_loss` never orders ties: tied pairs contribute nothing. `pro_loss` follows the PRO formula, in which a
 tied pair gets weight 0. Its stages still follow the stable order, so it is not symmetric in tied completions.
 
-RRHF and SLiC-HF losses (reference-free, like PRO) belong here too, with the same signature conventions.
+`rrhf_loss` and `slic_hf_loss` are reference-free like PRO; tied pairs contribute nothing to either.
 """
 
 import math
@@ -44,7 +44,15 @@ import torch
 import torch.nn.functional as F
 
 
-__all__ = ["PL_TIE_MODES", "PRO_TEMPERATURE_MODES", "lipo_lambda_loss", "plackett_luce_loss", "pro_loss"]
+__all__ = [
+    "PL_TIE_MODES",
+    "PRO_TEMPERATURE_MODES",
+    "lipo_lambda_loss",
+    "plackett_luce_loss",
+    "pro_loss",
+    "rrhf_loss",
+    "slic_hf_loss",
+]
 
 PL_TIE_MODES = ("efron", "breslow", "ordered")
 PRO_TEMPERATURE_MODES = ("reward_difference", "constant")
@@ -310,3 +318,78 @@ def pro_loss(
     stage_losses = torch.where(has_stage, stage_losses, 0.0)  # (B, K)
     losses = stage_losses.sum(-1)  # (B,)
     return losses, s.detach()
+
+
+def _strictly_better_pairs(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`better[b, i, j]`: valid i scored strictly higher than valid j. Tied pairs are never in it. `(B, K, K)`."""
+    sc = scores.detach().float()
+    return (sc[:, :, None] > sc[:, None, :]) & mask[:, :, None] & mask[:, None, :]
+
+
+def rrhf_loss(
+    policy_logps: torch.Tensor,
+    completion_lengths: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    length_penalty: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""RRHF's ranking term (Yuan et al. 2023, "RRHF: Rank Responses to Align Language Models with Human Feedback").
+
+    Eq. (1)–(2) of the paper, as in the authors' `train.py` (`get_score`, `rrhf_loss`):
+
+        p_i = Σ_t log π(y_{i,t}) / |y_i|^length_penalty
+        L   = Σ_{r_i < r_j} max(0, p_i − p_j)
+
+    per prompt, over valid pairs; tied pairs contribute nothing. The SFT term on the best completion and the
+    `rrhf_weight` are the trainer's.
+
+    Args:
+        policy_logps (`torch.Tensor`): `(B, K)` summed completion log-probs under the policy.
+        completion_lengths (`torch.Tensor`): `(B, K)` completion token counts |y_i| (clamped to >= 1).
+        scores (`torch.Tensor`): `(B, K)` rewards r, higher is better. No gradient.
+        mask (`torch.Tensor`): `(B, K)` bool, False at padded slots.
+        length_penalty (`float`, *optional*, defaults to `1.0`): exponent of the length normalisation.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: `losses (B,)` and detached `p (B, K)`, 0 at padded slots.
+    """
+    mask = _check_inputs(mask, policy_logps=policy_logps, completion_lengths=completion_lengths, scores=scores)
+    lengths = torch.where(mask, completion_lengths.float(), 1.0).clamp(min=1.0)
+    p = torch.where(mask, policy_logps.float(), 0.0) / lengths**length_penalty  # (B, K)
+    better = _strictly_better_pairs(scores, mask)  # (B, K, K) r_j > r_i at [b, j, i]
+    hinge = torch.relu(p[:, None, :] - p[:, :, None])  # (B, K, K) [b, j, i] = max(0, p_i − p_j)
+    losses = torch.where(better, hinge, 0.0).sum(dim=(1, 2))  # (B,)
+    return losses, torch.where(mask, p, 0.0).detach()
+
+
+def slic_hf_loss(
+    policy_logps: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    margin: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""SLiC-HF's rank-calibration term (Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human
+    Feedback", Eq. (2)), extended from pairs to lists:
+
+        L = mean_{r_i > r_j} max(0, margin − log π(y_i) + log π(y_j))
+
+    per prompt, over its ordered (strictly better, worse) valid pairs, with summed token log-probs and no reference
+    model. A list without an ordered pair (K < 2 valid, or all tied) gets 0. The trainer adds the regularisation
+    term (NLL of the top-ranked completion).
+
+    Args:
+        policy_logps (`torch.Tensor`): `(B, K)` summed completion log-probs under the policy.
+        scores (`torch.Tensor`): `(B, K)` rewards, higher is better. No gradient.
+        mask (`torch.Tensor`): `(B, K)` bool, False at padded slots.
+        margin (`float`, *optional*, defaults to `1.0`): the hinge margin δ.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: `losses (B,)` and detached log-probs `(B, K)`, 0 at padded slots.
+    """
+    mask = _check_inputs(mask, policy_logps=policy_logps, scores=scores)
+    logps = torch.where(mask, policy_logps.float(), 0.0)  # (B, K)
+    better = _strictly_better_pairs(scores, mask)  # (B, K, K) r_i > r_j at [b, i, j]
+    hinge = torch.relu(margin - logps[:, :, None] + logps[:, None, :])  # (B, K, K)
+    num_pairs = better.sum(dim=(1, 2))  # (B,)
+    losses = torch.where(better, hinge, 0.0).sum(dim=(1, 2)) / num_pairs.clamp(min=1)  # (B,)
+    return losses, logps.detach()

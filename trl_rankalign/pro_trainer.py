@@ -1,7 +1,5 @@
 import textwrap
 
-import torch
-
 from . import losses
 from .pro_config import PROConfig
 from .ranked_trainer import RankedPreferenceTrainer
@@ -56,8 +54,5 @@ class PROTrainer(RankedPreferenceTrainer):
         weight = self.args.sft_weight
         if self.args.scale_sft_weight_by_k:
             weight *= (num_completions - 1) ** 2
-        mode = "train" if self.model.training else "eval"
-        terms = self.accelerator.gather_for_metrics(torch.stack([ranking.detach(), sft.detach()])[None]).mean(dim=0)
-        self._metrics[mode]["pro_loss"].append(terms[0].item())
-        self._metrics[mode]["sft_loss"].append(terms[1].item())
+        self.log_loss_terms({"pro_loss": ranking, "sft_loss": sft})
         return ranking + weight * sft, rewards

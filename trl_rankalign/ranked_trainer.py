@@ -297,6 +297,13 @@ class RankedPreferenceTrainer(DPOTrainer):
         return -top_logps[top_mask].mean()
 
     # --------------------------------------------------------------------------------------------- metrics
+    def log_loss_terms(self, terms: dict[str, torch.Tensor]) -> None:
+        """Log scalar loss components (averaged across processes) under their names."""
+        mode = "train" if self.model.training else "eval"
+        values = self.accelerator.gather_for_metrics(torch.stack([t.detach().float() for t in terms.values()])[None])
+        for name, value in zip(terms, values.mean(dim=0).tolist()):
+            self._metrics[mode][name].append(value)
+
     def _gather_lists(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         # Processes may hold different K_max: pad dim 1 (zeros, and False for masks) before gathering
         padded = [self.accelerator.pad_across_processes(t.contiguous(), dim=1) for t in tensors]

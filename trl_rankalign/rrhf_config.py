@@ -1,0 +1,33 @@
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+from .rank_dpo_config import reject_pairwise_only_options
+
+
+@dataclass
+class RRHFConfig(DPOConfig):
+    r"""
+    Configuration for [`RRHFTrainer`] (Yuan et al. 2023), reference-free: `beta` and `precompute_ref_log_probs` have
+    no effect (the latter is rejected); TRL's pairwise-only options are rejected.
+
+    Parameters:
+        rrhf_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the ranking term; the loss is `rrhf_weight * ranking + NLL_top`. The authors' `train.py`
+            defaults to `rrhf_weight=100` with batch size 1, a ranking term summed over pairs and an SFT term divided
+            by the padded length; here the ranking term is averaged over prompts and the NLL is a token mean, so
+            their 100 is not directly comparable: start from 1 and sweep.
+        length_penalty (`float`, *optional*, defaults to `1.0`):
+            Exponent of the length normalisation p_i = Σ_t log π(y_{i,t}) / |y_i|^length_penalty (the authors' default).
+    """
+
+    rrhf_weight: float = field(default=1.0, metadata={"help": "Weight of the RRHF ranking term."})
+    length_penalty: float = field(default=1.0, metadata={"help": "Length-normalisation exponent of the scores."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rrhf_weight < 0:
+            raise ValueError(f"rrhf_weight must be >= 0, got {self.rrhf_weight}")
+        if self.precompute_ref_log_probs:
+            raise ValueError("RRHF is reference-free: precompute_ref_log_probs must be False.")
+        reject_pairwise_only_options(self, "RRHFTrainer")

@@ -1,0 +1,31 @@
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+from .rank_dpo_config import reject_pairwise_only_options
+
+
+@dataclass
+class SLiCConfig(DPOConfig):
+    r"""
+    Configuration for [`SLiCTrainer`] (SLiC-HF, Zhao et al. 2023), reference-free: `beta` and
+    `precompute_ref_log_probs` have no effect (the latter is rejected); TRL's pairwise-only options are rejected.
+
+    Parameters:
+        margin (`float`, *optional*, defaults to `1.0`):
+            Hinge margin δ of the rank-calibration loss max(0, δ − log π(y⁺) + log π(y⁻)) (the paper's δ = 1).
+        sft_weight (`float`, *optional*, defaults to `0.1`):
+            Weight λ of the regularisation term, the token-mean NLL of the top-ranked completions (the paper's
+            cross-entropy regulariser towards the SFT targets; its best value in the paper's sweeps was small).
+    """
+
+    margin: float = field(default=1.0, metadata={"help": "Hinge margin of the calibration loss."})
+    sft_weight: float = field(default=0.1, metadata={"help": "Weight of the NLL term on the top completion."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
+        if self.precompute_ref_log_probs:
+            raise ValueError("SLiC-HF is reference-free: precompute_ref_log_probs must be False.")
+        reject_pairwise_only_options(self, "SLiCTrainer")
