@@ -530,7 +530,7 @@ def test_group_pairwise_cycle_names_the_rows():
 def test_registry():
     assert set(CONVERTERS) == {
         "ranked", "pairwise", "ultrafeedback", "ultrafeedback_binarized", "summarize_from_feedback", "hh_rlhf",
-        "group_pairwise",
+        "group_pairwise", "alma_r",
     }  # fmt: skip
     out = convert(dataset("ultrafeedback"), "ultrafeedback", score="helpfulness")
     assert out["scores"][1] == [4.0, 1.0, 5.0]

@@ -635,6 +635,105 @@ def group_pairwise(dataset: AnyDataset) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Machine translation: ALMA-R's scored translations
+# ---------------------------------------------------------------------------------------------------------------------
+# ALMA's language names (fe1ixxu/ALMA, utils/utils.py LANG_TABLE); its prompts are always in English.
+ALMA_LANGUAGES = {
+    "en": "English",
+    "de": "German",
+    "fr": "French",
+    "cs": "Czech",
+    "is": "Icelandic",
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "ru": "Russian",
+    "uk": "Ukrainian",
+    "ha": "Hausa",
+    "ro": "Romanian",
+    "gu": "Gujarati",
+}
+ALMA_SCORES = ("kiwi_xcomet", "kiwi", "xcomet")
+ALMA_SYSTEMS = ("gpt4", "alma", "ref")
+
+
+def alma_prompt(source_lang: str, target_lang: str, source: str) -> str:
+    """ALMA's translation prompt: ``Translate this from German to English:\nGerman: …\nEnglish:``."""
+    src, tgt = ALMA_LANGUAGES[source_lang], ALMA_LANGUAGES[target_lang]
+    return f"Translate this from {src} to {tgt}:\n{src}: {source}\n{tgt}:"
+
+
+def from_alma_r(dataset: AnyDataset, source_lang: str, target_lang: str, score: str = "kiwi_xcomet") -> Dataset:
+    """K=3 ranked translations from ``haoranxu/ALMA-R-Preference`` (Xu et al. 2024, ALMA-R / CPO).
+
+    Source schema (one config per language pair, e.g. ``de-en``; one ``translation`` struct per row)::
+
+        {"translation": {"de": str, "en": str,                         # the two sentences (references)
+                         "gpt4_en": str, "alma_en": str,                # system translations into en
+                         "gpt4_de": str, "alma_de": str,                # ... and into de
+                         "{gpt4,alma,ref}_{en,de}_{kiwi,xcomet,kiwi_xcomet}": float,
+                         "Delta": float, "language_pair": "de-en", "required_directions": str}}
+
+    ```python
+    >>> ds = load_dataset("haoranxu/ALMA-R-Preference", "de-en", split="train")
+    >>> from_alma_r(ds, source_lang="de", target_lang="en", score="kiwi_xcomet")
+    ```
+
+    For the direction ``source_lang → target_lang`` each row gives the prompt in ALMA's format and the three
+    candidates GPT-4, ALMA and the human reference (completions in that order, each with one leading space), scored
+    by the reference-free metric ``score`` (``"kiwi_xcomet"``, the mean the ALMA-R paper ranks by, ``"kiwi"`` or
+    ``"xcomet"``). Equal scores are ties, left to the trainer's tie policy. A NaN or missing score raises
+    ``ValueError`` naming the row and field.
+
+    Rows whose ``required_directions`` names another direction are skipped, as ALMA's own preprocessing does (a
+    deliberate filter; the count is logged). ``Delta`` (human preference between GPT-4 and ALMA on a subset) is not
+    used: the ranking is by the metric for all three candidates.
+    """
+    for lang in (source_lang, target_lang):
+        if lang not in ALMA_LANGUAGES:
+            raise ValueError(f"unknown language {lang!r}; ALMA's languages are {sorted(ALMA_LANGUAGES)}")
+    if source_lang == target_lang:
+        raise ValueError("source_lang and target_lang must differ")
+    if score not in ALMA_SCORES:
+        raise ValueError(f"unknown score {score!r}; expected one of {ALMA_SCORES}")
+    _require_columns(dataset, ["translation"], "from_alma_r")
+    rows, skipped = [], 0
+    for index, example in enumerate(dataset):
+        translation = example["translation"]
+        if not isinstance(translation, Mapping):
+            _fail(index, "translation", f"expected a struct, got {_type_name(translation)}")
+        required = translation.get("required_directions") or ""
+        if required and required.split("-")[-1] != target_lang:
+            skipped += 1
+            continue
+        source = _required(translation, source_lang, index, f"translation.{source_lang}", str)
+        completions, scores = [], []
+        for system in ALMA_SYSTEMS:
+            text_key = target_lang if system == "ref" else f"{system}_{target_lang}"
+            text = _required(translation, text_key, index, f"translation.{text_key}", str)
+            if not text.strip():
+                _fail(index, f"translation.{text_key}", "empty translation")
+            score_key = f"{system}_{target_lang}_{score}"
+            value = translation.get(score_key)
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+                _fail(index, f"translation.{score_key}", f"expected a finite score, got {value!r}")
+            completions.append(" " + text.strip())
+            scores.append(float(value))
+        rows.append(
+            {"prompt": alma_prompt(source_lang, target_lang, source), "completions": completions, "scores": scores}
+        )
+    log = logger.warning if skipped else logger.info
+    log(
+        "from_alma_r %s-%s: skipped %d rows whose required_directions is another direction.",
+        source_lang,
+        target_lang,
+        skipped,
+    )
+    for r, row in enumerate(rows):
+        _validated(row, r, "translation.{gpt4,alma,ref} candidates (row = output row)")
+    return _from_rows(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Registry, auto-detection, Preferred-FT view
 # ---------------------------------------------------------------------------------------------------------------------
 CONVERTERS: dict[str, Callable[..., AnyDataset]] = {
@@ -645,6 +744,7 @@ CONVERTERS: dict[str, Callable[..., AnyDataset]] = {
     "summarize_from_feedback": from_summarize_from_feedback,
     "hh_rlhf": from_hh_rlhf,
     "group_pairwise": group_pairwise,
+    "alma_r": from_alma_r,
 }
 
 
