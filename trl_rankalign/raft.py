@@ -1,0 +1,164 @@
+"""RAFT: reward-ranked fine-tuning (Dong et al. 2023), as rounds of sample → score → SFT on the best.
+
+Each round samples `num_samples` completions per prompt from the *current* policy with `generation.sample_and_score`
+(batched, sharded across processes, resumable), keeps the best-scored completion of each prompt and fine-tunes on
+those with TRL's `SFTTrainer`. No new trainer: `RAFTConfig` is an `SFTConfig` plus the sampling fields, and
+`train_raft` drives the rounds. Everything lands under `output_dir`:
+
+    output_dir/round_0/samples.jsonl     every candidate with its score (the resumable cache)
+    output_dir/round_0/best              the selected SFT set (`datasets.save_to_disk`, inspectable)
+    output_dir/round_0/model             the policy after round 0 (+ a `.done` marker)
+    ...                                   the final policy is also saved to output_dir
+
+A rerun skips finished rounds (their saved model is loaded) and resumes an interrupted round's sampling.
+"""
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, load_from_disk
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from trl import SFTConfig, SFTTrainer
+
+from .generation import sample_and_score
+from .judges import as_scorer
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RAFTConfig(SFTConfig):
+    r"""
+    Configuration for [`train_raft`]: TRL's [`~trl.SFTConfig`] (applied in every round) plus RAFT's sampling.
+
+    Parameters:
+        num_rounds (`int`, *optional*, defaults to `1`): sample → select → SFT rounds, each from the current policy.
+        num_samples (`int`, *optional*, defaults to `8`): completions sampled per prompt (K of best-of-K).
+        sampling_temperature (`float`, *optional*, defaults to `1.0`): temperature of the sampling.
+        sampling_top_k (`int`, *optional*, defaults to `0`): top-k of the sampling (0 = off).
+        max_new_tokens (`int`, *optional*, defaults to `64`): length limit of sampled completions.
+        sampling_batch_size (`int`, *optional*, defaults to `8`): prompts per `generate` call.
+        sampling_seed (`int`, *optional*, defaults to `0`): seed of the sampling (batch b of round r uses
+            `sampling_seed + 1000 * r + b`).
+        reward_model_path (`str`, *optional*): sequence-classification reward model used when no reward is passed.
+    """
+
+    num_rounds: int = field(default=1, metadata={"help": "Number of sample → select → SFT rounds."})
+    num_samples: int = field(default=8, metadata={"help": "Completions sampled per prompt."})
+    sampling_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    sampling_top_k: int = field(default=0, metadata={"help": "Sampling top-k (0 = off)."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Maximum new tokens per sampled completion."})
+    sampling_batch_size: int = field(default=8, metadata={"help": "Prompts per generate call."})
+    sampling_seed: int = field(default=0, metadata={"help": "Seed of the sampling."})
+    reward_model_path: str | None = field(default=None, metadata={"help": "Reward model checkpoint."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_rounds < 1:
+            raise ValueError(f"num_rounds must be >= 1, got {self.num_rounds}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+
+
+def select_best(rows: list[dict]) -> Dataset:
+    """Prompt-completion rows with each prompt's best-scored completion (the first on a tie)."""
+    best = []
+    for row in rows:
+        top = max(range(len(row["scores"])), key=lambda k: row["scores"][k])
+        best.append({"prompt": row["prompt"], "completion": row["completions"][top], "score": row["scores"][top]})
+    return Dataset.from_list(best)
+
+
+def train_raft(
+    model: str | PreTrainedModel,
+    prompts: Sequence[Any],
+    args: RAFTConfig,
+    reward: str | PreTrainedModel | Callable[..., Any] | None = None,
+    processing_class=None,
+    peft_config=None,
+) -> PreTrainedModel:
+    """Run RAFT for `args.num_rounds` rounds and return the final policy (also saved to `args.output_dir`).
+
+    Args:
+        model: the starting (SFT) policy, a path or a loaded causal LM.
+        prompts: prompt strings or chat-message lists.
+        args: the SFT settings of each round plus the sampling fields.
+        reward: a reward-model path, a loaded reward model or a callable `(prompts, completions) -> rewards`;
+            defaults to `args.reward_model_path`.
+        processing_class: the policy's tokenizer (loaded from `model` when it is a path).
+        peft_config: passed to `SFTTrainer` in the first round (the adapter is then trained through the rounds).
+    """
+    reward = reward if reward is not None else args.reward_model_path
+    if reward is None:
+        raise ValueError("RAFT needs a reward: pass `reward` or set `reward_model_path`.")
+    if len(prompts) == 0:
+        raise ValueError("RAFT needs prompts: the prompt set is empty.")
+    scorer = as_scorer(reward)
+    output = Path(args.output_dir)
+    if isinstance(model, str):
+        processing_class = processing_class or AutoTokenizer.from_pretrained(model)
+        model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+    if processing_class is None:
+        raise ValueError("Pass the policy's `processing_class` together with a loaded model.")
+    generation_config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=True,
+        temperature=args.sampling_temperature,
+        top_k=args.sampling_top_k,
+        eos_token_id=processing_class.eos_token_id,
+    )
+
+    for round_index in range(args.num_rounds):
+        round_dir = output / f"round_{round_index}"
+        if (round_dir / "model" / ".done").exists():
+            logger.info("RAFT round %d already finished: loading %s", round_index, round_dir / "model")
+            model = AutoModelForCausalLM.from_pretrained(round_dir / "model", **(args.model_init_kwargs or {}))
+            continue
+        rows = sample_and_score(
+            model,
+            processing_class,
+            prompts,
+            args.num_samples,
+            scorer=scorer,
+            generation_config=generation_config,
+            batch_size=args.sampling_batch_size,
+            cache_file=round_dir / "samples.jsonl",
+            seed=args.sampling_seed + 1000 * round_index,
+            desc=f"RAFT round {round_index}: sampling",
+        )
+        best = select_best(rows)
+        best.save_to_disk(str(round_dir / "best"))
+        all_scores = [s for row in rows for s in row["scores"]]
+        logger.info(
+            "RAFT round %d: mean reward of all samples %.4f, of the selected best %.4f",
+            round_index,
+            sum(all_scores) / len(all_scores),
+            sum(best["score"]) / len(best),
+        )
+        round_args = dataclasses.replace(args, output_dir=str(round_dir / "sft"))
+        trainer = SFTTrainer(
+            model=model,
+            args=round_args,
+            train_dataset=best.remove_columns("score"),
+            processing_class=processing_class,
+            peft_config=peft_config if round_index == 0 else None,
+        )
+        trainer.train()
+        trainer.save_model(str(round_dir / "model"))
+        if trainer.accelerator.is_main_process:
+            (round_dir / "model" / ".done").write_text(f"round {round_index}\n")
+        model = trainer.model
+    # Final policy at the top of output_dir, as the other stages leave it
+    model.save_pretrained(args.output_dir)
+    processing_class.save_pretrained(args.output_dir)
+    return model
+
+
+def load_raft_round(output_dir: str, round_index: int) -> Dataset:
+    """The SFT set a finished round selected (to inspect it)."""
+    return load_from_disk(str(Path(output_dir) / f"round_{round_index}" / "best"))
