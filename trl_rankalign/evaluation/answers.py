@@ -1,0 +1,300 @@
+"""Prompt sets in, answers JSONL out: load prompts, generate one answer per prompt per checkpoint, load answers back.
+
+Generation is [`trl_rankalign.generation.sample_and_score`] (batched, progress bar, sharded across processes): the
+answers file *is* its resumable cache, one line per prompt `{"index", "prompt", "completions"}`, appended batch by
+batch, so an interrupted run keeps what it generated and a rerun with the same file continues where it stopped.
+"""
+
+import gc
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trl.data_utils import is_conversational
+
+from ..generation import read_jsonl, sample_and_score
+
+
+__all__ = [
+    "answer_text",
+    "generate_answers",
+    "generate_answers_for_models",
+    "load_answers",
+    "load_prompts",
+    "model_name_from_path",
+    "prompt_text",
+]
+
+
+def _check_prompt(value: Any, index: int, column: str) -> Any:
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"Prompt set row {index}: the {column!r} field is an empty string.")
+        return value
+    if isinstance(value, list) and value and is_conversational({"prompt": value}):
+        return value
+    raise ValueError(
+        f"Prompt set row {index}: the {column!r} field must be a string or a list of chat messages "
+        f"({{'role', 'content'}}), got {type(value).__name__}."
+    )
+
+
+def _rows_from_source(source: Any, split: str | None) -> list[dict]:
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"Prompt set {str(path)!r} does not exist.")
+        if path.is_dir():  # a `datasets` dataset saved with `save_to_disk`
+            from datasets import DatasetDict, load_from_disk
+
+            source = load_from_disk(str(path))
+            if isinstance(source, DatasetDict):
+                if split is None:
+                    raise ValueError(f"{str(path)!r} holds splits {list(source)}: pass `split`.")
+                source = source[split]
+            return source.to_list()
+        if path.suffix == ".jsonl":
+            rows = []
+            with open(path, encoding="utf-8") as f:
+                for number, line in enumerate(f, start=1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as error:
+                            raise ValueError(f"{str(path)!r} line {number} is not valid JSON: {error}") from None
+            return rows
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and split is not None:
+                data = data[split]
+            if not isinstance(data, list):
+                raise ValueError(f"{str(path)!r} must hold a JSON list of rows.")
+            return data
+        raise ValueError(f"Unsupported prompt set file {str(path)!r}: expected .jsonl, .json or a dataset folder.")
+    if hasattr(source, "to_list"):  # datasets.Dataset
+        return source.to_list()
+    if isinstance(source, Sequence):
+        return [row if isinstance(row, dict) else {"prompt": row} for row in source]
+    raise TypeError(f"Cannot read a prompt set from a {type(source).__name__}.")
+
+
+def load_prompts(
+    source: Any,
+    prompt_column: str = "prompt",
+    reference_column: str | None = "reference",
+    split: str | None = None,
+    limit: int | None = None,
+) -> list[dict]:
+    """
+    Load a prompt set: rows `{"prompt": ..., "reference"?: ..., **other columns}`.
+
+    Args:
+        source: a `.jsonl` / `.json` file, a folder saved with `datasets`' `save_to_disk`, a `datasets.Dataset`, or
+            a list of rows (dicts) or of prompts.
+        prompt_column: column holding the prompt (a string or a list of chat messages); renamed to `"prompt"`.
+        reference_column: optional column holding the reference answer (a string or a list of strings); renamed
+            to `"reference"` when present. References are only needed by the text metrics.
+        split: split to read from a `DatasetDict` folder or a JSON object of splits.
+        limit: keep only the first `limit` prompts.
+
+    Raises:
+        `FileNotFoundError` for a missing file; `ValueError` for an empty set, a missing column (naming the columns
+        found) or a prompt that is neither a non-empty string nor a chat-message list (naming the row).
+    """
+    rows = _rows_from_source(source, split)
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise ValueError(f"The prompt set {source!r} is empty: there is nothing to evaluate.")
+    out = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"Prompt set row {index} is a {type(row).__name__}, not an object.")
+        if prompt_column not in row:
+            raise ValueError(
+                f"Prompt set row {index} has no {prompt_column!r} column (columns: {sorted(row)}); "
+                "pass the right `prompt_column`."
+            )
+        new = {k: v for k, v in row.items() if k not in (prompt_column, reference_column)}
+        new["prompt"] = _check_prompt(row[prompt_column], index, prompt_column)
+        if reference_column is not None and row.get(reference_column) is not None:
+            new["reference"] = row[reference_column]
+        out.append(new)
+    return out
+
+
+def prompt_text(prompt: Any) -> str:
+    """Plain text of a prompt: the string itself, or the conversation as `role: content` lines (one message: its
+    content alone)."""
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1:
+        return prompt[0]["content"]
+    return "\n".join(f"{message['role']}: {message['content']}" for message in prompt)
+
+
+def answer_text(completion: Any) -> str:
+    """Plain text of a completion: the string itself, or the content of the (last) assistant message."""
+    if isinstance(completion, str):
+        return completion.strip()
+    if isinstance(completion, dict):
+        return str(completion.get("content", "")).strip()
+    return str(completion[-1]["content"]).strip() if completion else ""
+
+
+def model_name_from_path(checkpoint: str | os.PathLike) -> str:
+    """A short model name for file names and exports: the checkpoint folder's name (`a/b/checkpoint-50` ->
+    `b-checkpoint-50`, `org/model` -> `model`)."""
+    parts = [p for p in Path(str(checkpoint)).parts if p not in ("/", ".", "..")]
+    if not parts:
+        return "model"
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return f"{parts[-2]}-{parts[-1]}"
+    return parts[-1]
+
+
+def _looks_local(checkpoint: str) -> bool:
+    """A string that can only be a local path (a hub id is `name` or `org/name`)."""
+    return (
+        checkpoint.startswith(("/", ".", "~")) or checkpoint.count("/") > 1 or (os.sep != "/" and os.sep in checkpoint)
+    )
+
+
+def _check_checkpoint(checkpoint: Any) -> None:
+    if isinstance(checkpoint, str | os.PathLike):
+        path = os.path.expanduser(str(checkpoint))
+        if not os.path.exists(path) and _looks_local(str(checkpoint)):
+            raise FileNotFoundError(f"Checkpoint {str(checkpoint)!r} does not exist (no such folder).")
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"Checkpoint {path!r} has no config.json: not a saved model folder.")
+
+
+def _load_model(checkpoint: str, device: str | None):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = os.path.expanduser(str(checkpoint))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        dtype = "auto" if torch.cuda.is_available() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"Cannot load checkpoint {str(checkpoint)!r}: {error}") from error
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return model, tokenizer
+
+
+def _check_cache_matches(output_file: str | os.PathLike, prompts: list) -> None:
+    for row in read_jsonl(output_file):
+        index = row.get("index")
+        if not isinstance(index, int) or index >= len(prompts) or row.get("prompt") != prompts[index]:
+            raise ValueError(
+                f"{str(output_file)!r} holds answers for a different prompt set (row index {index!r} does not match "
+                "prompt set row with that index): pass another output file, or delete this one to regenerate."
+            )
+
+
+def generate_answers(
+    model: Any,
+    prompts: Sequence[Any],
+    output_file: str | os.PathLike,
+    tokenizer: Any = None,
+    max_new_tokens: int = 256,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str | None = None,
+) -> list[dict]:
+    """
+    Generate `num_samples` answers per prompt with one checkpoint and save them to `output_file` (JSONL), resumably.
+
+    Args:
+        model: a checkpoint folder / hub id, or a loaded causal LM (then pass its `tokenizer`).
+        prompts: prompt rows from [`load_prompts`] (dicts with a `"prompt"`) or bare prompts (strings or chat-message
+            lists).
+        output_file: the answers JSONL; rows already there (from an interrupted run) are kept and skipped. It must
+            belong to the same prompt set: a row whose prompt differs from the prompt at its index is an error.
+        max_new_tokens, do_sample, temperature, top_p: decoding; greedy by default (evaluation should be
+            reproducible). The checkpoint's own generation config (EOS ids, pad id) is the starting point.
+        num_samples: answers per prompt (`completions` holds them; win rates and exports use the first).
+        batch_size: prompts per `generate` call; batch `b` is seeded with `seed + b`, so a resumed sampled run
+            draws what the uninterrupted one would have.
+
+    Returns:
+        The rows `{"index", "prompt", "completions"}` in prompt order.
+    """
+    prompts = [p["prompt"] if isinstance(p, dict) else p for p in prompts]
+    if not prompts:
+        raise ValueError("The prompt set is empty: there is nothing to generate.")
+    _check_cache_matches(output_file, prompts)
+    if isinstance(model, str | os.PathLike):
+        _check_checkpoint(model)
+        model, tokenizer = _load_model(str(model), device)
+    elif tokenizer is None:
+        raise ValueError("Pass the `tokenizer` together with a loaded model.")
+    config = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
+    config.max_new_tokens = max_new_tokens
+    config.do_sample = do_sample
+    if do_sample:
+        config.temperature, config.top_p = temperature, top_p
+    else:  # unset sampling knobs so greedy decoding does not warn about them
+        config.temperature, config.top_p, config.top_k = None, None, None
+    desc = f"Generating answers -> {Path(output_file).name}"
+    return sample_and_score(
+        model, tokenizer, prompts, num_samples, None, config, batch_size, output_file, seed=seed, desc=desc
+    )
+
+
+def generate_answers_for_models(
+    models: Sequence[str] | dict[str, str],
+    prompts: Sequence[Any],
+    output_dir: str | os.PathLike,
+    **kwargs,
+) -> dict[str, str]:
+    """
+    [`generate_answers`] for several checkpoints, one after the other, into `<output_dir>/<name>.jsonl`.
+
+    `models` is a list of checkpoints (names from [`model_name_from_path`]) or a `{name: checkpoint}` dict. Every
+    local checkpoint is checked before anything is generated, so a typo fails in a second, not after hours; a
+    failure later on leaves the files already written intact for a rerun. Returns `{name: answers file}`.
+    """
+    if not isinstance(models, dict):
+        models = {model_name_from_path(m): m for m in models}
+    if not models:
+        raise ValueError("No checkpoints to generate answers with.")
+    for checkpoint in models.values():
+        _check_checkpoint(checkpoint)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, checkpoint in models.items():
+        files[name] = str(Path(output_dir) / f"{name}.jsonl")
+        generate_answers(checkpoint, prompts, files[name], **kwargs)
+        gc.collect()
+    return files
+
+
+def load_answers(source: str | os.PathLike | Sequence[dict]) -> list[dict]:
+    """
+    Answer rows `{"index", "prompt", "completions", ...}` from an answers JSONL (or rows already loaded), sorted by
+    index, duplicates (the same index twice) keeping the last. A missing or empty file is an error.
+    """
+    if isinstance(source, str | os.PathLike):
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"Answers file {str(source)!r} does not exist.")
+        rows = read_jsonl(source)
+        name = str(source)
+    else:
+        rows, name = list(source), "the answers"
+    if not rows:
+        raise ValueError(f"{name!r} holds no answers.")
+    by_index = {}
+    for row in rows:
+        if "index" not in row or "prompt" not in row or not row.get("completions"):
+            raise ValueError(f"{name!r}: an answer row needs 'index', 'prompt' and 'completions'; got {sorted(row)}.")
+        by_index[row["index"]] = row
+    return [by_index[i] for i in sorted(by_index)]
