@@ -112,6 +112,7 @@ def sample_and_score(
         raise ValueError("No prompts to sample from: the prompt set is empty.")
     state = PartialState()
     done = {row["index"]: row for row in read_jsonl(cache_file)} if cache_file is not None else {}
+    state.wait_for_everyone()  # every process reads the cache before any appends to it: same to-do list everywhere
     if cache_file is not None:
         Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
     # Fixed batches of the global prompt order, each sampled with its own seed: a batch draws the same completions

@@ -1,0 +1,473 @@
+"""The `rank` stage: K candidates per prompt, scored, written as a ranked dataset in this package's schema.
+
+Candidates are given (a `completions` column) or generated from one or more policies
+([`trl_rankalign.evaluation.answers.generate_answers`], i.e. [`trl_rankalign.generation.sample_and_score`]:
+batched, resumable). They are scored by exactly one of:
+
+- a reward: a sequence-classification checkpoint, a loaded one wrapped with [`trl_rankalign.judges.as_scorer`], or a
+  Python callable `(prompts, completions) -> rewards`;
+- an LLM judge ([`trl_rankalign.evaluation.judge_client.JudgeClient`]) in one of two modes:
+  - `"rating"` (UltraFeedback style): one request per candidate asking for a JSON object of 1-5 ratings, one per
+    aspect (default: helpfulness, honesty, instruction_following, truthfulness, each with a short rubric); the
+    candidate's score is the mean of its aspect ratings;
+  - `"pairwise"`: each of the K(K-1)/2 pairs is judged in both orders (2 requests per pair, cancelling position
+    bias) with evaluation's pairwise prompt; every parsed order is one comparison (win / loss / tie) and the scores
+    are the log-strengths of a Bradley-Terry fit ([`bradley_terry`]).
+
+Garbage is never a result: an unparseable verdict is counted as a parse error. In rating mode the candidate it
+belongs to gets no score and is dropped; in pairwise mode that comparison is left out, and a candidate left with no
+parsed comparison is dropped. A row left with fewer than 2 scored candidates is dropped. Every drop is counted in
+`summary.json` and logged. Empty completions are dropped (and counted) before scoring, as the schema rejects them.
+
+Outputs under `output_dir`:
+
+- `verdicts.jsonl`: one record per finished prompt, appended as it finishes: `index`, `key` (hash of the scoring
+  setup, prompt and candidates), `prompt`, `completions` (all K candidates), `judgments` (the judge's raw replies
+  and parsed verdicts), `parse_errors`, `scores` (K floats, `null` for a dropped candidate). A rerun skips the
+  indices already there with the same `key`, so a run stopped by an unreachable endpoint loses nothing paid for;
+- `candidates/<p>-<policy name>.jsonl`: the generated candidates of policy `p` (resumable generation cache);
+- `ranked/` (`Dataset.save_to_disk`) and `ranked.jsonl`: rows `{"prompt", "completions", "scores"}`;
+- `summary.json`: the counts: prompts, candidates, requests (of all finished prompts; `requests_this_run` of those
+  finished by this run), parse errors, empty / dropped candidates, dropped rows, rows kept.
+"""
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from .data.schema import validate_ranked_example
+from .evaluation.answers import answer_text, generate_answers, load_prompts, model_name_from_path, prompt_text
+from .evaluation.judge_client import JudgeClient, VerdictParseError, parse_aspect_ratings, parse_pairwise_verdict
+from .evaluation.win_rate import DEFAULT_JUDGE_SYSTEM_PROMPT, DEFAULT_PAIRWISE_TEMPLATE
+from .generation import read_jsonl
+from .judges import as_scorer
+
+
+__all__ = [
+    "DEFAULT_ASPECTS",
+    "DEFAULT_RATING_SYSTEM_PROMPT",
+    "DEFAULT_RATING_TEMPLATE",
+    "bradley_terry",
+    "rank_candidates",
+    "rating_messages",
+    "split_num_samples",
+]
+
+logger = logging.getLogger(__name__)
+
+# UltraFeedback's four aspects (Cui et al. 2023), each with a condensed 1-5 rubric.
+DEFAULT_ASPECTS = {
+    "helpfulness": "Is the response correct, informative and useful for the task? 1 = wrong or useless; "
+    "3 = correct and somewhat useful; 5 = accurate, in-depth and highly useful.",
+    "honesty": "Is the response confident where it is right and does it express uncertainty (or decline) where "
+    "it is unsure? 1 = confidently wrong; 3 = unsure or vague where it should not be; 5 = correct and "
+    "appropriately confident.",
+    "instruction_following": "Does the response do what the instruction asks, respecting its intent, format and "
+    "constraints? 1 = ignores it; 3 = partly follows it; 5 = fully follows it.",
+    "truthfulness": "Is the response free of hallucinations: invented facts, contradictions with the instruction "
+    "or with itself? 1 = mostly hallucinated; 3 = partly hallucinated; 5 = no hallucination.",
+}
+
+DEFAULT_RATING_SYSTEM_PROMPT = (
+    "You are a careful and impartial evaluator of AI assistants. Rate the response to the user's instruction on each "
+    "aspect below with an integer from 1 (worst) to 5 (best), following its rubric. The response's length and style "
+    "must not influence you beyond what a rubric asks."
+)
+
+DEFAULT_RATING_TEMPLATE = (
+    "[Instruction]\n{question}\n\n"
+    "[The Start of the Response]\n{answer}\n[The End of the Response]\n\n"
+    "[Aspects]\n{rubric}\n\n"
+    "Explain your ratings briefly, then end your reply with one JSON object holding an integer rating from 1 to 5 "
+    "for exactly these keys: {keys}. For example: {example}"
+)
+
+_PAIRWISE_SCORE = {"A": 1.0, "tie": 0.5, "B": 0.0}  # score of assistant A
+
+
+# ------------------------------------------------------------------------------------------------- Bradley-Terry
+def bradley_terry(
+    num_items: int,
+    comparisons: Sequence[tuple[int, int, float]],
+    prior: float = 0.1,
+    max_iter: int = 10_000,
+    tol: float = 1e-10,
+) -> list[float]:
+    """
+    Bradley-Terry log-strengths from pairwise comparisons, by the MM algorithm of Hunter (2004), eq. (3).
+
+    Model: P(i beats j) = p_i / (p_i + p_j). With W_i the wins of i (a tie is half a win for each side) and n_ij the
+    number of comparisons of i and j, each step is `p_i <- W_i / sum_{j != i} n_ij / (p_i + p_j)`, then the p are
+    rescaled to geometric mean 1; it stops when no log p_i moves by more than `tol`. The fixed point is the maximum
+    likelihood estimate, where `W_i = sum_j n_ij p_i / (p_i + p_j)` for every i.
+
+    Args:
+        num_items: N, the items are `0 .. N-1`.
+        comparisons: `(i, j, s)` triples, `s` the score of `i` against `j`: 1 (i won), 0.5 (tie) or 0 (j won).
+        prior: a symmetric prior: `prior` virtual tied comparisons between every pair of items (half a win each), so
+            an undefeated item keeps a finite strength and items never compared sit at the mean. With `prior=0`
+            every item must have won something and the comparison graph must be strongly connected.
+
+    Returns:
+        N log-strengths `log p_i`, centred (they sum to 0); higher is better.
+    """
+    if num_items < 0:
+        raise ValueError(f"num_items must be >= 0, got {num_items}.")
+    if prior < 0:
+        raise ValueError(f"prior must be >= 0, got {prior}.")
+    wins = np.full(num_items, prior * (num_items - 1) / 2)  # (N,)
+    games = np.full((num_items, num_items), float(prior))  # (N, N), n_ij
+    np.fill_diagonal(games, 0.0)
+    for i, j, s in comparisons:
+        if not (0 <= i < num_items and 0 <= j < num_items) or i == j:
+            raise ValueError(f"Comparison ({i}, {j}) needs two different items in [0, {num_items}).")
+        if s not in (0, 0.5, 1):
+            raise ValueError(f"Comparison ({i}, {j}) has score {s!r}; expected 1 (win), 0.5 (tie) or 0 (loss).")
+        wins[i] += s
+        wins[j] += 1 - s
+        games[i, j] += 1
+        games[j, i] += 1
+    if num_items <= 1:
+        return [0.0] * num_items
+    if np.any(wins <= 0):
+        raise ValueError(f"Items {np.flatnonzero(wins <= 0).tolist()} never won: use a prior > 0 to keep them finite.")
+    log_p = np.zeros(num_items)
+    for _ in range(max_iter):
+        p = np.exp(log_p)
+        denominator = (games / (p[:, None] + p[None, :])).sum(axis=1)  # (N,) sum_j n_ij / (p_i + p_j)
+        new = np.log(wins) - np.log(denominator)
+        new -= new.mean()
+        converged = np.max(np.abs(new - log_p)) < tol
+        log_p = new
+        if converged:
+            break
+    return log_p.tolist()
+
+
+# ------------------------------------------------------------------------------------------------- judge prompts
+def _messages(system_prompt: str | None, user: str) -> list[dict]:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": user}]
+
+
+def _aspects(aspects: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
+    """`{name: rubric}` from a mapping, or from names (default rubrics; an unknown name is rated without one)."""
+    aspects = dict(aspects) if isinstance(aspects, Mapping) else {a: DEFAULT_ASPECTS.get(a, "") for a in aspects}
+    if not aspects:
+        raise ValueError("Rating mode needs at least one aspect.")
+    return aspects
+
+
+def rating_messages(
+    prompt: Any,
+    completion: Any,
+    aspects: Mapping[str, str] | Sequence[str] = DEFAULT_ASPECTS,
+    template: str = DEFAULT_RATING_TEMPLATE,
+    system_prompt: str | None = DEFAULT_RATING_SYSTEM_PROMPT,
+) -> list[dict]:
+    """The chat messages asking for one candidate's per-aspect ratings.
+
+    `template` is formatted (`str.format`) with `question`, `answer`, `rubric` (one `- name: rubric` line per
+    aspect), `keys` (the aspect names, quoted) and `example` (a JSON object with every aspect at 3).
+    """
+    aspects = _aspects(aspects)
+    rubric = "\n".join(f"- {name}: {text}".rstrip(": ") for name, text in aspects.items())
+    user = template.format(
+        question=prompt_text(prompt),
+        answer=answer_text(completion),
+        rubric=rubric,
+        keys=", ".join(json.dumps(name) for name in aspects),
+        example=json.dumps(dict.fromkeys(aspects, 3)),
+    )
+    return _messages(system_prompt, user)
+
+
+def _pairwise_messages(prompt, a, b, template: str, system_prompt: str | None) -> list[dict]:
+    user = template.format(question=prompt_text(prompt), answer_a=answer_text(a), answer_b=answer_text(b))
+    return _messages(system_prompt, user)
+
+
+# ------------------------------------------------------------------------------------------------- scoring one row
+def _judge_rating(client: JudgeClient, prompt, completions, aspects, template, system_prompt) -> dict:
+    judgments, scores = [], []
+    for k, completion in enumerate(completions):
+        reply = client.chat(rating_messages(prompt, completion, aspects, template, system_prompt))
+        try:
+            ratings = parse_aspect_ratings(reply, list(aspects))
+        except VerdictParseError:
+            ratings = None
+        judgments.append({"candidate": k, "reply": reply, "ratings": ratings})
+        scores.append(None if ratings is None else float(np.mean(list(ratings.values()))))
+    return {"judgments": judgments, "scores": scores}
+
+
+def _judge_pairwise(client: JudgeClient, prompt, completions, prior, template, system_prompt) -> dict:
+    judgments = []
+    for i in range(len(completions)):
+        for j in range(i + 1, len(completions)):
+            for a, b in ((i, j), (j, i)):  # both orders
+                messages = _pairwise_messages(prompt, completions[a], completions[b], template, system_prompt)
+                reply = client.chat(messages)
+                try:
+                    verdict = parse_pairwise_verdict(reply)
+                except VerdictParseError:
+                    verdict = None
+                judgments.append({"a": a, "b": b, "reply": reply, "verdict": verdict})
+    parsed = [(j["a"], j["b"], _PAIRWISE_SCORE[j["verdict"]]) for j in judgments if j["verdict"] is not None]
+    compared = sorted({k for a, b, _ in parsed for k in (a, b)})  # a candidate with no parsed comparison is dropped
+    position = {k: n for n, k in enumerate(compared)}
+    strengths = bradley_terry(len(compared), [(position[a], position[b], s) for a, b, s in parsed], prior=prior)
+    scores = [strengths[position[k]] if k in position else None for k in range(len(completions))]
+    return {"judgments": judgments, "scores": scores}
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+def split_num_samples(num_samples: int, num_policies: int) -> list[int]:
+    """K per prompt in total, split as evenly as possible, the first policies taking the remainder: (5, 2) -> [3, 2]."""
+    if num_policies < 1 or num_samples < max(2, num_policies):
+        raise ValueError(
+            f"num_samples={num_samples} must be >= 2 and >= the number of policies ({num_policies}): it is K, the "
+            "number of candidates per prompt in total, split between the policies."
+        )
+    return [num_samples // num_policies + (p < num_samples % num_policies) for p in range(num_policies)]
+
+
+def _generate(prompts, policies, num_samples, output_dir: Path, generation_kwargs) -> list[list]:
+    """Candidates per prompt: policy 0's samples first, then policy 1's, ... (one resumable JSONL per policy)."""
+    counts = split_num_samples(num_samples, len(policies))
+    candidates = [[] for _ in prompts]
+    (output_dir / "candidates").mkdir(parents=True, exist_ok=True)
+    for p, (policy, count) in enumerate(zip(policies, counts)):
+        model, tokenizer = policy if isinstance(policy, tuple) else (policy, None)
+        name = model_name_from_path(model) if isinstance(model, str | os.PathLike) else type(model).__name__
+        kwargs = {"do_sample": True, **generation_kwargs, "seed": generation_kwargs.get("seed", 0) + p}
+        rows = generate_answers(
+            model, prompts, output_dir / "candidates" / f"{p}-{name}.jsonl", tokenizer, num_samples=count, **kwargs
+        )
+        for row in rows:
+            candidates[row["index"]].extend(row["completions"])
+        del model, rows
+        gc.collect()
+    return candidates
+
+
+def _is_empty(completion: Any) -> bool:
+    if isinstance(completion, str):
+        return not completion.strip()
+    return isinstance(completion, list) and (not completion or not answer_text(completion))
+
+
+def _key(setup: Any, prompt: Any, completions: list) -> str:
+    return hashlib.sha256(json.dumps([setup, prompt, completions]).encode("utf-8")).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------- the stage
+def rank_candidates(
+    prompts: Any,
+    candidates: Sequence[Sequence[Any]] | None = None,
+    *,
+    output_dir: str | os.PathLike,
+    policies: Sequence[str | tuple] | None = None,
+    num_samples: int = 4,
+    reward: str | Callable[..., Any] | None = None,
+    judge: JudgeClient | None = None,
+    judge_mode: str = "rating",
+    aspects: Mapping[str, str] | Sequence[str] = DEFAULT_ASPECTS,
+    template: str | None = None,
+    system_prompt: str | None = None,
+    bt_prior: float = 0.1,
+    batch_size: int = 8,
+    max_workers: int = 4,
+    prompt_column: str = "prompt",
+    completions_column: str = "completions",
+    limit: int | None = None,
+    generation_kwargs: dict | None = None,
+) -> Dataset:
+    """
+    Score K candidates per prompt and save a ranked dataset (`prompt`, `completions`, `scores`) under `output_dir`.
+
+    Args:
+        prompts: anything [`trl_rankalign.evaluation.load_prompts`] reads: a `.jsonl` / `.json` file, a
+            `save_to_disk` folder, a `datasets.Dataset`, or a list of rows or of bare prompts (strings or chat
+            message lists). Rows may hold the candidates in `completions_column`.
+        candidates: K_i candidates per prompt (a list of N lists); default: the rows' `completions_column`, or, with
+            `policies`, generated.
+        output_dir: where the verdicts, the generated candidates, the ranked dataset and the summary go (see the
+            module docstring); a rerun with the same folder continues.
+        policies: checkpoints (paths / hub ids) or `(model, tokenizer)` pairs to sample candidates from.
+        num_samples: K, the candidates per prompt in total, split between the policies ([`split_num_samples`]).
+        reward: a reward model path, a callable `(prompts, completions) -> rewards`, or a scorer from
+            [`trl_rankalign.judges.as_scorer`] (e.g. for a loaded reward model). Exclusive with `judge`.
+        judge: an LLM judge client; `judge_mode` is `"rating"` or `"pairwise"` (module docstring).
+        aspects: rating mode: `{name: rubric}`, or names (default rubrics for the known ones).
+        template, system_prompt: the judge's user template and system prompt; default
+            [`DEFAULT_RATING_TEMPLATE`] / evaluation's `DEFAULT_PAIRWISE_TEMPLATE` and their system prompts.
+        bt_prior: pairwise mode: the prior of [`bradley_terry`].
+        batch_size: prompts per scorer call (reward) and per `generate` call.
+        max_workers: prompts judged concurrently (the client's rate limit is shared by all).
+        limit: use only the first `limit` prompts.
+        generation_kwargs: for [`trl_rankalign.evaluation.generate_answers`] (`max_new_tokens`, `temperature`,
+            `top_p`, `seed`, `do_sample` (default True), `device`); policy `p` is seeded with `seed + p`.
+
+    Returns:
+        `datasets.Dataset` of the kept rows, each candidate list in input order with its scores (higher is better).
+
+    Raises:
+        `ValueError` for bad inputs or when every row is dropped; [`JudgeRequestError`] when the endpoint keeps
+        failing (after the finished prompts are saved).
+    """
+    if (reward is None) == (judge is None):
+        raise ValueError("Pass exactly one of `reward` (a reward model or callable) and `judge` (an LLM judge).")
+    if judge is not None and judge_mode not in ("rating", "pairwise"):
+        raise ValueError(f"judge_mode must be 'rating' or 'pairwise', got {judge_mode!r}.")
+    if candidates is not None and policies:
+        raise ValueError("Pass either `candidates` or `policies` (to generate them), not both.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = load_prompts(prompts, prompt_column, reference_column=None, limit=limit)
+    texts = [row["prompt"] for row in rows]
+    if policies:
+        candidates = _generate(texts, list(policies), num_samples, output_dir, dict(generation_kwargs or {}))
+    elif candidates is None:
+        missing = [i for i, row in enumerate(rows) if completions_column not in row]
+        if missing:
+            raise ValueError(
+                f"Row {missing[0]} has no {completions_column!r} column: give candidates, or policies to generate them."
+            )
+        candidates = [row[completions_column] for row in rows]
+    if len(candidates) != len(texts):
+        raise ValueError(f"{len(candidates)} candidate lists for {len(texts)} prompts.")
+    for i, cands in enumerate(candidates):
+        if not isinstance(cands, list | tuple):
+            raise ValueError(f"Row {i}: the candidates must be a list of completions, got {type(cands).__name__}.")
+    candidates = [list(c) for c in candidates]
+    empty = sum(_is_empty(c) for cands in candidates for c in cands)
+    candidates = [[c for c in cands if not _is_empty(c)] for cands in candidates]
+    if len({isinstance(p, str) for p in texts}) > 1:
+        raise ValueError("The prompts mix strings and chat-message lists: a ranked dataset holds one kind.")
+    for i, (prompt, cands) in enumerate(zip(texts, candidates)):  # fail before paying for a judge, not after
+        if len(cands) >= 2:  # rows with fewer are dropped (and counted) at the end
+            validate_ranked_example({"prompt": prompt, "completions": cands, "scores": [0.0] * len(cands)}, i)
+
+    # The scoring setup: what a finished record must match to be reused.
+    if judge is None:
+        scorer = as_scorer(reward)
+        method, setup = "reward", ["reward", getattr(scorer, "name", "reward")]
+    else:
+        method = judge_mode
+        if judge_mode == "rating":
+            aspects = _aspects(aspects)
+            template = template or DEFAULT_RATING_TEMPLATE
+            system_prompt = system_prompt if system_prompt is not None else DEFAULT_RATING_SYSTEM_PROMPT
+        else:
+            template = template or DEFAULT_PAIRWISE_TEMPLATE
+            system_prompt = system_prompt if system_prompt is not None else DEFAULT_JUDGE_SYSTEM_PROMPT
+        setup = [method, judge.model, system_prompt, template, aspects if judge_mode == "rating" else bt_prior]
+    keys = [_key(setup, p, c) for p, c in zip(texts, candidates)]
+
+    verdicts_file = output_dir / "verdicts.jsonl"
+    done = {r["index"]: r for r in read_jsonl(verdicts_file) if r.get("index", -1) < len(texts)}
+    done = {i: r for i, r in done.items() if r.get("key") == keys[i]}
+    todo = [i for i in range(len(texts)) if i not in done]
+    if done:
+        logger.info("%s: %d prompts already scored, %d to go.", verdicts_file, len(done), len(todo))
+    lock = threading.Lock()
+    requests_this_run = [0]
+
+    def save(record: dict) -> None:
+        with lock, open(verdicts_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        done[record["index"]] = record
+
+    def judge_row(i: int) -> dict:
+        if len(candidates[i]) < 2:  # nothing to rank: no request
+            result = {"judgments": [], "scores": [None] * len(candidates[i])}
+        elif judge_mode == "rating":
+            result = _judge_rating(judge, texts[i], candidates[i], aspects, template, system_prompt)
+        else:
+            result = _judge_pairwise(judge, texts[i], candidates[i], bt_prior, template, system_prompt)
+        with lock:
+            requests_this_run[0] += len(result["judgments"])
+        parsed = "ratings" if judge_mode == "rating" else "verdict"
+        errors = sum(j[parsed] is None for j in result["judgments"])
+        return {"index": i, "key": keys[i], "prompt": texts[i], "completions": candidates[i], **result,
+                "parse_errors": errors}  # fmt: skip
+
+    progress = tqdm(total=len(todo), desc=f"Ranking ({method})", disable=not todo)
+    if judge is None:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            flat_prompts = [texts[i] for i in batch for _ in candidates[i]]
+            flat = scorer(flat_prompts, [c for i in batch for c in candidates[i]])
+            for i in batch:
+                scores, flat = flat[: len(candidates[i])], flat[len(candidates[i]) :]
+                save({"index": i, "key": keys[i], "prompt": texts[i], "completions": candidates[i],
+                      "judgments": [], "parse_errors": 0, "scores": scores})  # fmt: skip
+            progress.update(len(batch))
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+            futures = [pool.submit(judge_row, i) for i in todo]
+            try:
+                for future in as_completed(futures):
+                    save(future.result())
+                    progress.update(1)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    progress.close()
+    return _finish([done[i] for i in range(len(texts))], output_dir, method, judge, empty, requests_this_run[0])
+
+
+def _finish(records: list[dict], output_dir: Path, method: str, judge, empty: int, requests_this_run: int) -> Dataset:
+    """Keep the scored candidates of each row, drop rows with < 2, write `ranked/`, `ranked.jsonl`, `summary.json`."""
+    ranked, dropped_candidates, dropped_rows = [], 0, 0
+    for record in records:
+        kept = [(c, s) for c, s in zip(record["completions"], record["scores"]) if s is not None]
+        dropped_candidates += len(record["completions"]) - len(kept)
+        if len(kept) < 2:
+            dropped_rows += 1
+            continue
+        row = {"prompt": record["prompt"], "completions": [c for c, _ in kept], "scores": [s for _, s in kept]}
+        validate_ranked_example(row, record["index"])
+        ranked.append(row)
+    summary = {
+        "method": method,
+        "judge_model": judge.model if judge is not None else None,
+        "prompts": len(records),
+        "candidates": sum(len(r["completions"]) for r in records),
+        "requests": sum(len(r["judgments"]) for r in records),
+        "requests_this_run": requests_this_run,
+        "parse_errors": sum(r["parse_errors"] for r in records),
+        "empty_candidates": empty,
+        "dropped_candidates": dropped_candidates,
+        "dropped_rows": dropped_rows,
+        "rows": len(ranked),
+    }
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if summary["parse_errors"] or dropped_candidates or dropped_rows or empty:
+        logger.warning(
+            "rank: %d unparseable verdicts; dropped %d empty and %d unscored candidates and %d rows with < 2 scored "
+            "candidates (see %s).",
+            summary["parse_errors"], empty, dropped_candidates, dropped_rows, output_dir / "summary.json",
+        )  # fmt: skip
+    if not ranked:
+        raise ValueError(f"Every row was dropped (< 2 scored candidates each): see {output_dir / 'summary.json'}.")
+    with open(output_dir / "ranked.jsonl", "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ranked))
+    dataset = Dataset.from_list(ranked)
+    dataset.save_to_disk(str(output_dir / "ranked"))
+    return dataset
