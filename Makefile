@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)
-	$(OFFLINE) $(BIN)/trl-rankalign demo
+	$(OFFLINE) $(BIN)/trl-rankalign pipeline --config recipes/tiny/pipeline.yaml
 
 # pytest exits 5 when it collects no test: make (and so .ci/run) then fails, as it should.
 test: $(STAMP)

@@ -1,110 +1,200 @@
-"""`trl-rankalign` console script (also `python -m trl_rankalign`)."""
+"""`trl-rankalign` console script (also `python -m trl_rankalign`).
+
+```bash
+trl-rankalign rankdpo --config recipes/ultrafeedback/rankdpo.yaml                          # this process
+trl-rankalign rankdpo --config recipes/ultrafeedback/rankdpo.yaml --accelerate_config zero3  # accelerate launch
+accelerate launch --config_file recipes/accelerate/zero3.yaml -m trl_rankalign rankdpo --config ...
+trl-rankalign pipeline --config recipes/tldr/pipeline.yaml                                   # SFT -> RM -> RSO
+trl-rankalign demo                                                                           # the tiny pipeline
+```
+
+A stage command parses its recipe with TRL's `TrlParser` (`--config` YAML, then command-line overrides) into the
+stage's dataclasses ([`trl_rankalign.stages.STAGES`]); an unknown key is an error. `--accelerate_config NAME`
+(on the command line or as a recipe key) re-launches the same command through `accelerate launch`, as TRL's CLI
+does: NAME is a file, else `recipes/accelerate/NAME.yaml`, else one of TRL's bundled configs; other arguments that
+no dataclass knows (`--num_processes 2`, `--main_process_port ...`) go to `accelerate launch`.
+"""
 
 import argparse
-import json
+import importlib.resources as resources
+import os
 import sys
-import time
 from pathlib import Path
 
 
-def _cpu_friendly(config_kwargs: dict) -> dict:
-    """fp32 and no gradient checkpointing on CPU: TRL's bf16 + checkpointing defaults make a CPU step ~16x slower."""
-    import torch
-
-    if not torch.cuda.is_available():
-        config_kwargs.update(bf16=False, gradient_checkpointing=False, use_cpu=True)
-    return config_kwargs
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+ACCELERATE_CONFIGS_DIR = RECIPES_DIR / "accelerate"
+# Set in the environment of the processes this CLI launches, so that they run the stage instead of launching again.
+LAUNCHED_ENV = "TRL_RANKALIGN_LAUNCHED"
 
 
-def run_demo(output_dir: str, sft_steps: int, rank_steps: int, seed: int) -> dict:
-    """The main job on the embedded tiny default: SFT, then listwise DPO on the shipped ranked lists."""
-    from trl import SFTConfig, SFTTrainer
+def resolve_accelerate_config(name: str) -> str:
+    """A path to an accelerate config file: `name` itself if it is a file, else `recipes/accelerate/<name>.yaml`,
+    else TRL's bundled `trl/accelerate_configs/<name>.yaml`."""
+    if Path(name).is_file():
+        return str(name)
+    for candidate in (
+        ACCELERATE_CONFIGS_DIR / f"{name}.yaml",
+        resources.files("trl.accelerate_configs") / f"{name}.yaml",
+    ):
+        if candidate.is_file():
+            return str(candidate)
+    ours = sorted(p.stem for p in ACCELERATE_CONFIGS_DIR.glob("*.yaml")) if ACCELERATE_CONFIGS_DIR.is_dir() else []
+    theirs = sorted(
+        Path(str(p)).stem for p in resources.files("trl.accelerate_configs").iterdir() if p.name.endswith(".yaml")
+    )
+    raise ValueError(
+        f"Accelerate config {name!r} is neither a file, nor recipes/accelerate/{name}.yaml ({ours}), nor one of TRL's "
+        f"bundled configs ({theirs})."
+    )
 
-    from .rank_dpo_config import RankDPOConfig
-    from .rank_dpo_trainer import RankDPOTrainer
-    from .tiny import tiny_model_path, tiny_ranked_dataset, tiny_sft_dataset
 
-    output = Path(output_dir)
-    base_model = tiny_model_path(seed=seed)
-    print(f"[demo] tiny base model: {base_model}")
+def _pop_option(args: list[str], option: str) -> tuple[list[str], str | None]:
+    """`args` without `option VALUE` (its last occurrence), and VALUE."""
+    if option not in args:
+        return args, None
+    index = len(args) - 1 - args[::-1].index(option)
+    if index + 1 >= len(args):
+        raise ValueError(f"Expected a value after `{option}`.")
+    return args[:index] + args[index + 2 :], args[index + 1]
 
-    started = time.time()
-    sft_args = SFTConfig(
-        **_cpu_friendly(
-            dict(
-                output_dir=str(output / "sft"),
-                max_steps=sft_steps,
-                per_device_train_batch_size=16,
-                learning_rate=3e-3,
-                lr_scheduler_type="cosine",
-                warmup_steps=5,
-                logging_steps=10,
-                save_strategy="no",
-                report_to="none",
-                seed=seed,
-                completion_only_loss=True,
-                disable_tqdm=True,
-            )
+
+def _subtract_subsequence(items: list[str], subsequence: list[str]) -> list[str]:
+    """`items` with the ordered `subsequence` removed (as TRL's CLI)."""
+    remaining = iter(subsequence)
+    current = next(remaining, None)
+    result = []
+    for item in items:
+        if current is not None and item == current:
+            current = next(remaining, None)
+        else:
+            result.append(item)
+    return result
+
+
+def _under_launcher() -> bool:
+    return (
+        bool(os.environ.get(LAUNCHED_ENV)) or "ACCELERATE_MIXED_PRECISION" in os.environ or "LOCAL_RANK" in os.environ
+    )
+
+
+def make_parser(stage: str):
+    from trl import TrlParser
+
+    from .stages import STAGES
+
+    return TrlParser(STAGES[stage].dataclass_types(), prog=f"trl-rankalign {stage}")
+
+
+def parse_stage_args(stage: str, args: list[str]) -> tuple:
+    """Parse a stage's arguments strictly: `(script_args, training_args, model_args, dataset_args)`.
+
+    `--accelerate_config` (command line or recipe key) is accepted and ignored here; any other unknown key or
+    argument raises `ValueError`, so a stale recipe key fails before any model is loaded.
+    """
+    parser = make_parser(stage)
+    *parsed, config_remaining, cli_remaining = parser.parse_args_and_config(
+        args, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    config_remaining, _ = _pop_option(config_remaining, "--accelerate_config")
+    cli_remaining, _ = _pop_option(cli_remaining, "--accelerate_config")
+    if config_remaining:
+        raise ValueError(f"Unknown keys in the recipe of `{stage}`: {config_remaining[::2]}")
+    if cli_remaining:
+        raise ValueError(f"Unknown arguments of `{stage}`: {cli_remaining}")
+    return tuple(parsed)
+
+
+def launch_stage(stage: str, args: list[str], launch_args: list[str], config_file: str) -> int:
+    """Re-run `trl-rankalign STAGE args` under `accelerate launch --config_file CONFIG launch_args -m trl_rankalign`."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    accelerate_args = launch_command_parser().parse_args(
+        ["--config_file", config_file, *launch_args, "--module", "trl_rankalign", stage, *args]
+    )
+    os.environ[LAUNCHED_ENV] = "1"
+    try:
+        launch_command(accelerate_args)
+    finally:
+        os.environ.pop(LAUNCHED_ENV, None)
+    return 0
+
+
+def run_stage(stage: str, args: list[str]) -> int:
+    from .stages import STAGES
+
+    if not _under_launcher():
+        # As TRL's CLI: arguments that no dataclass knows are `accelerate launch` arguments.
+        parser = make_parser(stage)
+        *_, config_remaining, cli_remaining = parser.parse_args_and_config(
+            list(args), return_remaining_strings=True, separate_remaining_strings=True
         )
-    )
-    sft = SFTTrainer(model=base_model, args=sft_args, train_dataset=tiny_sft_dataset())
-    sft_result = sft.train()
-    sft.save_model(sft_args.output_dir)
-    print(f"[demo] SFT: {sft_steps} steps, final train loss {sft_result.training_loss:.3f} -> {sft_args.output_dir}")
+        launch_args = config_remaining + cli_remaining
+        launch_args, config_name = _pop_option(launch_args, "--accelerate_config")
+        if config_name is not None:
+            script_args = _subtract_subsequence(list(args), cli_remaining)
+            return launch_stage(stage, script_args, launch_args, resolve_accelerate_config(config_name))
+    parsed = parse_stage_args(stage, list(args))
+    STAGES[stage].run_function()(*parsed)
+    return 0
 
-    data = tiny_ranked_dataset().train_test_split(test_size=0.1, seed=seed)
-    rank_args = RankDPOConfig(
-        **_cpu_friendly(
-            dict(
-                output_dir=str(output / "rankdpo"),
-                max_steps=rank_steps,
-                per_device_train_batch_size=8,
-                per_device_eval_batch_size=16,
-                learning_rate=5e-4,
-                beta=0.1,
-                logging_steps=5,
-                eval_strategy="steps",
-                eval_steps=rank_steps,
-                save_strategy="no",
-                report_to="none",
-                seed=seed,
-                disable_tqdm=True,
-            )
+
+def _build_parser():
+    from .stages import STAGES
+
+    parser = argparse.ArgumentParser(prog="trl-rankalign", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, stage in STAGES.items():
+        commands.add_parser(
+            name, help=f"{stage.help}; --config RECIPE.yaml [--accelerate_config NAME]", add_help=False
         )
-    )
-    trainer = RankDPOTrainer(
-        model=sft_args.output_dir, args=rank_args, train_dataset=data["train"], eval_dataset=data["test"]
-    )
-    trainer.train()
-    trainer.save_model(rank_args.output_dir)
-    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    evaluated = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
-    summary = {
-        "first_loss": logged[0]["loss"],
-        "last_loss": logged[-1]["loss"],
-        **{k: v for k, v in evaluated[-1].items() if k.startswith("eval_")},
-        "seconds": round(time.time() - started, 1),
-        "output_dir": rank_args.output_dir,
-    }
-    print("[demo] RankDPO metrics:")
-    for key, value in summary.items():
-        print(f"  {key:40s} {value:.4f}" if isinstance(value, float) else f"  {key:40s} {value}")
-    (output / "demo_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    pipeline = commands.add_parser("pipeline", help="Run a multi-stage recipe, skipping finished stages")
+    pipeline.add_argument("--config", required=True, help="Pipeline YAML (e.g. recipes/tldr/pipeline.yaml)")
+    pipeline.add_argument("--output_dir", default=None, help="Root folder of the stage outputs (overrides the YAML)")
+    pipeline.add_argument("--accelerate_config", default=None, help="Launch every stage with this accelerate config")
+    pipeline.add_argument("--force", action="store_true", help="Rerun finished stages too")
+    demo = commands.add_parser("demo", help="The tiny pipeline: SFT then RankDPO on the embedded default (CPU)")
+    demo.add_argument("--output_dir", default="outputs/demo")
+    demo.add_argument("--force", action="store_true", help="Rerun finished stages too")
+    try:  # registration point of the evaluation command (trl_rankalign/evaluation/cli.py)
+        from .evaluation.cli import add_eval_parser
+    except ImportError:
+        add_eval_parser = None
+    if add_eval_parser is not None:
+        add_eval_parser(commands)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trl-rankalign", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="SFT then RankDPO on the embedded tiny default (CPU, minutes)")
-    demo.add_argument("--output_dir", default="outputs/demo")
-    demo.add_argument("--sft_steps", type=int, default=150)
-    demo.add_argument("--rank_steps", type=int, default=60)
-    demo.add_argument("--seed", type=int, default=0)
+    from .stages import STAGES
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in STAGES:
+        return run_stage(argv[0], argv[1:])
+    parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        run_demo(args.output_dir, args.sft_steps, args.rank_steps, args.seed)
-    return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command in ("pipeline", "demo"):
+        from .pipeline import run_pipeline
+
+        if args.command == "demo":
+            config = RECIPES_DIR / "tiny" / "pipeline.yaml"
+            if not config.is_file():
+                raise FileNotFoundError(f"{config} not found: `demo` runs the tiny recipes of a source checkout.")
+            run_pipeline(str(config), output_dir=args.output_dir, force=args.force)
+        else:
+            run_pipeline(
+                args.config, output_dir=args.output_dir, accelerate_config=args.accelerate_config, force=args.force
+            )
+        return 0
+    if args.command == "eval":
+        from .evaluation.cli import run_eval
+
+        return run_eval(args) or 0
+    parser.error(f"unknown command {args.command!r}")
+    return 2
 
 
 if __name__ == "__main__":

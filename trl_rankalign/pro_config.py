@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-from .rank_dpo_config import reject_pairwise_only_options
+from .listwise_options import reject_pairwise_only_options, shared_prompt_field
 
 
 TEMPERATURE_MODES = ("reward_difference", "constant")
@@ -30,6 +30,10 @@ class PROConfig(DPOConfig):
             w ≡ 1/`temperature` for every non-tied pair.
         temperature (`float`, *optional*, defaults to `1.0`):
             τ of the constant mode; in the reward-difference mode every weight is divided by it (1.0 is the paper).
+        shared_prompt_forward (`bool`, *optional*):
+            Encode each prompt once for its K completions: one packed row, a block attention mask and per-completion
+            position ids (exact same log-probs). `None` (auto) turns it on when it removes at least half of the
+            tokens, as with TL;DR-like long prompts and short completions, where it measured 2.3x faster.
     """
 
     sft_weight: float = field(default=0.05, metadata={"help": "Weight of the SFT term on the top completion."})
@@ -41,6 +45,8 @@ class PROConfig(DPOConfig):
         metadata={"help": "Ranking weights.", "choices": list(TEMPERATURE_MODES)},
     )
     temperature: float = field(default=1.0, metadata={"help": "Temperature τ (constant mode), or weight divisor."})
+
+    shared_prompt_forward: bool | None = shared_prompt_field()
 
     def __post_init__(self):
         super().__post_init__()

@@ -2,29 +2,11 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from .listwise_options import reject_pairwise_only_options, shared_prompt_field
+
 
 RANK_LOSSES = ("plackett_luce", "lipo")
 TIE_POLICIES = ("efron", "breslow", "ordered")
-
-
-def reject_pairwise_only_options(config: DPOConfig, trainer_name: str) -> None:
-    """Fail loudly on `DPOConfig` options that only make sense for TRL's pairwise losses."""
-    if list(config.loss_type) != ["sigmoid"]:
-        raise ValueError(
-            f"{trainer_name} computes its own listwise loss, so `loss_type` must stay at its default ['sigmoid'], got "
-            f"{config.loss_type}. Select the listwise loss with the trainer's own fields instead."
-        )
-    unsupported = {
-        "use_weighting": config.use_weighting,
-        "ld_alpha": config.ld_alpha is not None,
-        "f_divergence_type": config.f_divergence_type != "reverse_kl",
-        "label_smoothing": config.label_smoothing != 0.0,
-        "loss_weights": config.loss_weights is not None,
-        "sync_ref_model": config.sync_ref_model,
-    }
-    enabled = [name for name, on in unsupported.items() if on]
-    if enabled:
-        raise ValueError(f"{trainer_name} does not support these pairwise-DPO options: {enabled}. Unset them.")
 
 
 @dataclass
@@ -47,6 +29,10 @@ class RankDPOConfig(DPOConfig):
             approximation of the tied-rank likelihood, which equals plain Plackett–Luce without ties and never orders
             tied completions. `"breslow"`: Breslow's cruder approximation, also order-free. `"ordered"`: break ties by
             the dataset order (imposes an arbitrary order). LiPO ignores tied pairs whatever this says.
+        shared_prompt_forward (`bool`, *optional*):
+            Encode each prompt once for its K completions: one packed row, a block attention mask and per-completion
+            position ids (exact same log-probs). `None` (auto) turns it on when it removes at least half of the
+            tokens, as with TL;DR-like long prompts and short completions, where it measured 2.3x faster.
     """
 
     rank_loss: str = field(
@@ -57,6 +43,8 @@ class RankDPOConfig(DPOConfig):
         default="efron",
         metadata={"help": "Tie policy of the Plackett–Luce loss.", "choices": list(TIE_POLICIES)},
     )
+
+    shared_prompt_forward: bool | None = shared_prompt_field()
 
     def __post_init__(self):
         super().__post_init__()

@@ -1,0 +1,140 @@
+"""Multi-process runs of tiny stages on the CPU: 2-process DDP (gloo) against 1 process, DeepSpeed ZeRO-2/3.
+
+`accelerate launch` starts several CPU processes only through torchrun: a `MULTI_CPU` config without MPI silently
+runs one process. So `recipes/accelerate/cpu2.yaml` is a 2-process `MULTI_GPU` config and the tiny recipes'
+`use_cpu: true` makes each process a CPU (gloo) rank.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trl_rankalign import cli
+
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "recipes" / "tiny"
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "WANDB_MODE": "disabled",
+}
+for name in (cli.LAUNCHED_ENV, "ACCELERATE_MIXED_PRECISION", "LOCAL_RANK"):
+    ENV.pop(name, None)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _fixed_k_recipe(tmp_path: Path, k: int = 4) -> Path:
+    """recipes/tiny/rankdpo.yaml on the shipped lists with exactly K completions (51 rows for K=4), via TRL's json
+    loader in a `datasets:` mixture. Same K on every rank: see `test_ddp_with_different_k_per_rank`."""
+    rows = [json.loads(line) for line in (ROOT / "trl_rankalign" / "assets" / "tiny_ranked.jsonl").open()]
+    data = tmp_path / f"tiny_k{k}.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows if len(row["scores"]) == k))
+    recipe = yaml.safe_load((TINY / "rankdpo.yaml").read_text())
+    del recipe["dataset_name"]
+    recipe["datasets"] = [{"path": "json", "data_files": str(data)}]
+    recipe.update(max_steps=1, logging_steps=1, eval_strategy="no", data_seed=0)
+    path = tmp_path / "rankdpo_k.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _launch(stage: str, recipe: Path, output_dir: Path, accelerate_config: str, *args: str, env=None):
+    command = [sys.executable, "-m", "trl_rankalign", stage, "--config", str(recipe), "--output_dir", str(output_dir)]
+    command += ["--accelerate_config", accelerate_config, "--main_process_port", str(_free_port()), *args]
+    result = subprocess.run(command, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return json.loads((output_dir / "rankalign_stage.json").read_text())
+
+
+def _first_loss(output_dir: Path) -> float:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return next(entry["loss"] for entry in state["log_history"] if "loss" in entry)
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    """Global batch 4: per-device 2 x 2 gloo processes gives the first-step loss of per-device 4 x 1 process.
+
+    The seedable sampler (`data_seed`) draws the same permutation in both runs; accelerate hands batch 2i to rank 0
+    and batch 2i+1 to rank 1, so step 1 sees the same 4 lists, and the logged loss is the mean over processes.
+    """
+    recipe = _fixed_k_recipe(tmp_path)
+    two = _launch("rankdpo", recipe, tmp_path / "two", "cpu2", "--per_device_train_batch_size", "2")
+    assert two["num_processes"] == 2
+    one_dir = tmp_path / "one"
+    assert (
+        cli.main(
+            ["rankdpo", "--config", str(recipe), "--output_dir", str(one_dir), "--per_device_train_batch_size", "4"]
+        )
+        == 0
+    )
+    assert _first_loss(tmp_path / "two") == pytest.approx(_first_loss(one_dir), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_ddp_with_different_k_per_rank(tmp_path):
+    """The shipped data, first step: rank 0's lists have K=5, rank 1's K=6."""
+    _launch(
+        "rankdpo",
+        TINY / "rankdpo.yaml",
+        tmp_path / "out",
+        "cpu2",
+        "--per_device_train_batch_size",
+        "2",
+        "--max_steps",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--data_seed",
+        "0",
+    )
+
+
+def _deepspeed_config(tmp_path: Path, name: str) -> str:
+    """The shipped ZeRO config with 2 processes and fp32 (no bf16 on this CPU); every other key as shipped."""
+    config = yaml.safe_load((ROOT / "recipes" / "accelerate" / f"{name}.yaml").read_text())
+    config.update(num_processes=2, mixed_precision="no")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_deepspeed_cpu(tmp_path, zero):
+    """A tiny RankDPO stage (policy + reference model) under DeepSpeed ZeRO-2 / ZeRO-3 with its CPU accelerator.
+
+    The first run JIT-builds DeepSpeed's shared-memory communication op (needs a C++ compiler; cached afterwards).
+    """
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e '.[deepspeed]')")
+    env = {**ENV, "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"}
+    recipe = _fixed_k_recipe(tmp_path)
+    summary = _launch(
+        "rankdpo",
+        recipe,
+        tmp_path / "out",
+        _deepspeed_config(tmp_path, zero),
+        "--per_device_train_batch_size",
+        "2",
+        "--max_steps",
+        "2",
+        env=env,
+    )
+    assert summary["num_processes"] == 2 and summary["distributed_type"] == "DEEPSPEED"
+    assert summary["zero_stage"] == int(zero[-1])
+    assert summary["global_step"] == 2 and summary["first_loss"] > 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()  # ZeRO-3: gathered with zero3_save_16bit_model
