@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from .evaluation.cli import _import_callable, _opt
+from .evaluation.cli import _import_callable, _opt, add_judge_client_arguments, judge_client_from_args
 
 
 __all__ = ["add_rank_parser", "run_rank"]
@@ -45,7 +45,7 @@ def add_rank_parser(subparsers) -> argparse.ArgumentParser:
     _opt(scorer, "reward_model", help="sequence-classification reward model (folder or hub id)")
     _opt(scorer, "reward_fn", help="a Python callable 'module:function' (prompts, completions) -> rewards")
     _opt(scorer, "judge_base_url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
-    _opt(rank, "judge_model", help="the judge's model name (with --judge_base_url)")
+    add_judge_client_arguments(rank)
     _opt(rank, "judge_mode", choices=["rating", "pairwise"], default="rating",
          help="rating: per-aspect 1-5 ratings, score = mean; pairwise: both orders, Bradley-Terry scores")  # fmt: skip
     _opt(rank, "aspects", nargs="+", default=None, help="rating aspects (default: UltraFeedback's four)")
@@ -53,12 +53,6 @@ def add_rank_parser(subparsers) -> argparse.ArgumentParser:
     _opt(rank, "judge_template", help="file with the user template (see trl_rankalign.ranking for its fields)")
     _opt(rank, "judge_system_prompt", help="file with the judge's system prompt")
     _opt(rank, "bt_prior", type=float, default=0.1, help="pairwise: virtual ties per pair in the Bradley-Terry fit")
-    _opt(rank, "judge_api_key_env", default="OPENAI_API_KEY", help="env var holding the API key")
-    _opt(rank, "judge_timeout", type=float, default=60.0, help="seconds per request")
-    _opt(rank, "judge_max_retries", type=int, default=3)
-    _opt(rank, "judge_backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each time")
-    _opt(rank, "judge_rps", type=float, default=None, help="rate limit, requests per second")
-    _opt(rank, "judge_workers", type=int, default=4, help="prompts judged concurrently")
     rank.set_defaults(func=run_rank)
     return rank
 
@@ -79,22 +73,11 @@ def _aspects(args):
 
 
 def _rank(args) -> None:
-    from .evaluation.judge_client import JudgeClient
     from .ranking import rank_candidates
 
     judge, reward = None, None
     if args.judge_base_url:
-        if not args.judge_model:
-            raise ValueError("--judge_model is required with --judge_base_url.")
-        judge = JudgeClient(
-            args.judge_base_url,
-            args.judge_model,
-            api_key_env=args.judge_api_key_env or None,
-            timeout=args.judge_timeout,
-            max_retries=args.judge_max_retries,
-            backoff=args.judge_backoff,
-            requests_per_second=args.judge_rps,
-        )
+        judge = judge_client_from_args(args)
     else:
         reward = args.reward_model or _import_callable(args.reward_fn)
     generation = dict(

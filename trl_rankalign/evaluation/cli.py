@@ -62,15 +62,9 @@ def add_eval_parser(subparsers) -> None:
     _opt(judge, "reward_fn", help="a Python callable 'module:function' (prompts, completions) -> rewards")
     _opt(judge, "judge_base_url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     _opt(win_rate, "tie_tolerance", type=float, default=0.0, help="reward gap counted as a tie")
-    _opt(win_rate, "judge_model", help="the judge's model name (with --judge_base_url)")
-    _opt(win_rate, "judge_api_key_env", default="OPENAI_API_KEY", help="env var holding the API key")
+    add_judge_client_arguments(win_rate)
     _opt(win_rate, "judge_template", help="file with a user template using {question}, {answer_a}, {answer_b}")
     _opt(win_rate, "judge_system_prompt", help="file with the judge's system prompt")
-    _opt(win_rate, "judge_timeout", type=float, default=60.0, help="seconds per request")
-    _opt(win_rate, "judge_max_retries", type=int, default=3)
-    _opt(win_rate, "judge_backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each time")
-    _opt(win_rate, "judge_rps", type=float, default=None, help="rate limit, requests per second")
-    _opt(win_rate, "judge_workers", type=int, default=4, help="prompts judged concurrently")
     _opt(win_rate, "judge_cache", help="judgments JSONL (default: <answers>.vs.<baseline>.judgments.jsonl)")
     _opt(win_rate, "num_resamples", type=int, default=1000, help="bootstrap resamples")
     _opt(win_rate, "confidence", type=float, default=0.95)
@@ -149,25 +143,42 @@ def _generate(args) -> None:
     print(json.dumps(files, indent=2))
 
 
+def add_judge_client_arguments(parser) -> None:
+    """The options of an OpenAI-compatible judge (`--judge_base_url` itself belongs to the caller's scorer group)."""
+    _opt(parser, "judge_model", help="the judge's model name (with --judge_base_url)")
+    _opt(parser, "judge_api_key_env", default="OPENAI_API_KEY", help="env var holding the API key")
+    _opt(parser, "judge_timeout", type=float, default=60.0, help="seconds per request")
+    _opt(parser, "judge_max_retries", type=int, default=3)
+    _opt(parser, "judge_backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each time")
+    _opt(parser, "judge_rps", type=float, default=None, help="rate limit, requests per second")
+    _opt(parser, "judge_workers", type=int, default=4, help="prompts judged concurrently")
+
+
+def judge_client_from_args(args):
+    """A `JudgeClient` from the options of `add_judge_client_arguments` and `--judge_base_url`."""
+    from .judge_client import JudgeClient
+
+    if not args.judge_model:
+        raise ValueError("--judge_model is required with --judge_base_url.")
+    return JudgeClient(
+        args.judge_base_url,
+        args.judge_model,
+        api_key_env=args.judge_api_key_env or None,
+        timeout=args.judge_timeout,
+        max_retries=args.judge_max_retries,
+        backoff=args.judge_backoff,
+        requests_per_second=args.judge_rps,
+    )
+
+
 def _win_rate(args) -> None:
     from .win_rate import reward_win_rate
 
     stats = dict(num_resamples=args.num_resamples, confidence=args.confidence, seed=args.seed)
     if args.judge_base_url:
-        from .judge_client import JudgeClient
         from .win_rate import DEFAULT_JUDGE_SYSTEM_PROMPT, DEFAULT_PAIRWISE_TEMPLATE, llm_judge_win_rate
 
-        if not args.judge_model:
-            raise ValueError("--judge_model is required with --judge_base_url.")
-        client = JudgeClient(
-            args.judge_base_url,
-            args.judge_model,
-            api_key_env=args.judge_api_key_env or None,
-            timeout=args.judge_timeout,
-            max_retries=args.judge_max_retries,
-            backoff=args.judge_backoff,
-            requests_per_second=args.judge_rps,
-        )
+        client = judge_client_from_args(args)
         template = Path(args.judge_template).read_text(encoding="utf-8") if args.judge_template else None
         system = Path(args.judge_system_prompt).read_text(encoding="utf-8") if args.judge_system_prompt else None
         cache = args.judge_cache or str(
