@@ -1,6 +1,6 @@
 """Speed and memory benchmark: RankDPOTrainer on ranked lists vs TRL's DPOTrainer on pairs of the same completions.
 
-    python benchmarks/speed.py            # 2 shapes x (K=2, K=4) x 2 trainers x 5 alternating runs (~15 min on a shared 2-core box)
+    python benchmarks/speed.py            # 2 shapes x (K=2, K=4) x 3 trainers x 5 alternating runs (~20 min on 2 cores)
     python benchmarks/speed.py --quick    # TL;DR shape only, 3 runs each
 
 Setting (CPU, fp32, no gradient checkpointing):
@@ -18,7 +18,8 @@ Setting (CPU, fp32, no gradient checkpointing):
 - timing: `trainer.train()` for `warmup + steps` optimizer steps with a callback timing each step (dataloader,
   collation, policy and reference forwards, backward, optimizer step: the trainers' real path); a run's step time is
   the median of its timed steps. Each run is a fresh subprocess, whose peak RSS (`ru_maxrss`) is reported. Runs
-  alternate DPO / RankDPO; figures are medians over runs, ratios are RankDPO / DPO of the medians.
+  alternate DPO / RankDPO / RankDPO with `shared_prompt_forward=True` (each prompt encoded once for its K
+  completions); figures are medians over runs, ratios are relative to DPO's medians.
 
 Writes `results/speed.json` (every run and the medians) and `results/speed.png`.
 """
@@ -39,6 +40,7 @@ from common import RESULTS_DIR, cpu_trainer_kwargs, peak_rss_mib, write_json  # 
 
 
 SHAPES = {"tldr": (512, 48), "ultrafeedback": (150, 300)}
+TRAINERS = {"dpo": "TRL DPOTrainer (pairs)", "rankdpo": "RankDPO", "rankdpo_shared": "RankDPO, shared prompt"}
 MODEL = dict(
     hidden_size=256,
     num_hidden_layers=4,
@@ -143,7 +145,12 @@ def worker(spec: dict) -> dict:
         else:
             from trl_rankalign import RankDPOConfig, RankDPOTrainer
 
-            args = RankDPOConfig(per_device_train_batch_size=lists_per_step, **common)
+            # "rankdpo": one row per (prompt, completion); "rankdpo_shared": each prompt encoded once for its K
+            args = RankDPOConfig(
+                per_device_train_batch_size=lists_per_step,
+                shared_prompt_forward=spec["trainer"] == "rankdpo_shared",
+                **common,
+            )
             trainer = RankDPOTrainer(
                 model=spec["model"],
                 args=args,
@@ -181,45 +188,49 @@ def run_one(spec: dict) -> dict:
     return json.loads(lines[-1])
 
 
+def _ratios(runs: list[dict], entry: dict, shape: str, k: int, trainer: str) -> dict:
+    """`trainer` relative to TRL's DPOTrainer: medians, and the median of back-to-back paired step-time ratios."""
+    return {
+        "speed (DPO step time / step time)": entry["dpo"]["step_time_s"] / entry[trainer]["step_time_s"],
+        "completions_per_s": entry[trainer]["completions_per_s"] / entry["dpo"]["completions_per_s"],
+        "tokens_per_s": entry[trainer]["tokens_per_s"] / entry["dpo"]["tokens_per_s"],
+        "peak_rss": entry[trainer]["peak_rss_mib"] / entry["dpo"]["peak_rss_mib"],
+        # Runs i of both trainers ran back to back: the median of their ratios cancels most of a shared box's drift
+        "paired_speed_median": statistics.median(
+            d["step_time_s"] / r["step_time_s"]
+            for d in runs
+            for r in runs
+            if d["shape"] == r["shape"] == shape
+            and d["k"] == r["k"] == k
+            and d["run"] == r["run"]
+            and d["trainer"] == "dpo"
+            and r["trainer"] == trainer
+        ),
+    }
+
+
 def summarize(runs: list[dict]) -> list[dict]:
     summary = []
     for shape in dict.fromkeys(r["shape"] for r in runs):
         for k in dict.fromkeys(r["k"] for r in runs if r["shape"] == shape):
             entry = {"shape": shape, "k": k, "prompt_len": SHAPES[shape][0], "completion_len": SHAPES[shape][1]}
-            for trainer in ("dpo", "rankdpo"):
+            trainers = [t for t in TRAINERS if any(r["trainer"] == t for r in runs)]
+            for trainer in trainers:
                 mine = [r for r in runs if r["shape"] == shape and r["k"] == k and r["trainer"] == trainer]
                 entry[trainer] = {
                     key: statistics.median(r[key] for r in mine)
                     for key in ("step_time_s", "completions_per_s", "tokens_per_s", "peak_rss_mib")
                 }
                 entry[trainer]["runs"] = len(mine)
-            entry["ratio"] = {
-                "speed (DPO step time / RankDPO step time)": entry["dpo"]["step_time_s"]
-                / entry["rankdpo"]["step_time_s"],
-                "completions_per_s": entry["rankdpo"]["completions_per_s"] / entry["dpo"]["completions_per_s"],
-                "tokens_per_s": entry["rankdpo"]["tokens_per_s"] / entry["dpo"]["tokens_per_s"],
-                "peak_rss": entry["rankdpo"]["peak_rss_mib"] / entry["dpo"]["peak_rss_mib"],
-                # Runs i of DPO and RankDPO ran back to back: the median of their step-time ratios cancels most of the
-                # load drift of a shared machine
-                "paired_speed_median": statistics.median(
-                    d["step_time_s"] / r["step_time_s"]
-                    for d in runs
-                    for r in runs
-                    if d["shape"] == r["shape"] == shape
-                    and d["k"] == r["k"] == k
-                    and d["run"] == r["run"]
-                    and d["trainer"] == "dpo"
-                    and r["trainer"] == "rankdpo"
-                ),
-            }
+            entry["ratio"] = {t: _ratios(runs, entry, shape, k, t) for t in trainers if t != "dpo"}
             summary.append(entry)
     return summary
 
 
 def table(summary: list[dict], lists_per_step: int) -> str:
     lines = [
-        "| shape | comparison | DPO step (s) | RankDPO step (s) | speed ratio (paired) | completions/s DPO → RankDPO "
-        "| tokens/s DPO → RankDPO | peak RSS MiB DPO → RankDPO (ratio) |",
+        "| shape | comparison | trainer | step (s) | speed vs TRL DPO (paired) | completions/s | tokens/s "
+        "| peak RSS MiB (vs DPO) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in summary:
@@ -227,15 +238,19 @@ def table(summary: list[dict], lists_per_step: int) -> str:
         comparison = (
             f"{b} lists of 2 vs {b} pairs" if e["k"] == 2 else f"{b} lists of {e['k']} vs {b * e['k'] // 2} pairs"
         )
-        d, r = e["dpo"], e["rankdpo"]
-        lines.append(
-            f"| {e['shape']} ({e['prompt_len']}+{e['completion_len']}) | {comparison} | {d['step_time_s']:.2f} "
-            f"| {r['step_time_s']:.2f} | {e['ratio']['speed (DPO step time / RankDPO step time)']:.2f}× "
-            f"({e['ratio']['paired_speed_median']:.2f}×) "
-            f"| {d['completions_per_s']:.1f} → {r['completions_per_s']:.1f} "
-            f"| {d['tokens_per_s']:.0f} → {r['tokens_per_s']:.0f} "
-            f"| {d['peak_rss_mib']:.0f} → {r['peak_rss_mib']:.0f} ({e['ratio']['peak_rss']:.2f}×) |"
-        )
+        for trainer in [t for t in TRAINERS if t in e]:
+            m = e[trainer]
+            if trainer == "dpo":
+                speed, rss = "1.00×", ""
+            else:
+                ratio = e["ratio"][trainer]
+                speed = f"{ratio['speed (DPO step time / step time)']:.2f}× ({ratio['paired_speed_median']:.2f}×)"
+                rss = f" ({ratio['peak_rss']:.2f}×)"
+            lines.append(
+                f"| {e['shape']} ({e['prompt_len']}+{e['completion_len']}) | {comparison} | {TRAINERS[trainer]} "
+                f"| {m['step_time_s']:.2f} | {speed} | {m['completions_per_s']:.1f} | {m['tokens_per_s']:.0f} "
+                f"| {m['peak_rss_mib']:.0f}{rss} |"
+            )
     return "\n".join(lines)
 
 
@@ -248,17 +263,16 @@ def plot(summary: list[dict], path: Path) -> None:
     labels = [f"{e['shape']}\nK={e['k']}" for e in summary]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     x = range(len(summary))
-    width = 0.38
-    for offset, trainer, name in ((-width / 2, "dpo", "TRL DPOTrainer (pairs)"), (width / 2, "rankdpo", "RankDPO")):
-        axes[0].bar([i + offset for i in x], [e[trainer]["completions_per_s"] for e in summary], width, label=name)
-        axes[1].bar([i + offset for i in x], [e[trainer]["peak_rss_mib"] for e in summary], width, label=name)
-    for i, e in enumerate(summary):
-        axes[0].annotate(
-            f"{e['ratio']['completions_per_s']:.2f}×",
-            (i, max(e["dpo"]["completions_per_s"], e["rankdpo"]["completions_per_s"])),
-            ha="center",
-            va="bottom",
-        )
+    trainers = [t for t in TRAINERS if t in summary[0]]
+    width = 0.8 / len(trainers)
+    for j, trainer in enumerate(trainers):
+        offsets = [i + (j - (len(trainers) - 1) / 2) * width for i in x]
+        axes[0].bar(offsets, [e[trainer]["completions_per_s"] for e in summary], width, label=TRAINERS[trainer])
+        axes[1].bar(offsets, [e[trainer]["peak_rss_mib"] for e in summary], width, label=TRAINERS[trainer])
+        if trainer != "dpo":
+            for i, e in zip(offsets, summary):
+                ratio = e["ratio"][trainer]["completions_per_s"]
+                axes[0].annotate(f"{ratio:.2f}×", (i, e[trainer]["completions_per_s"]), ha="center", va="bottom")
     axes[0].set_ylabel("completions / s (median)")
     axes[0].set_title("Training throughput, same completions per step")
     axes[1].set_ylabel("peak RSS (MiB, median)")
@@ -306,7 +320,7 @@ def main(argv=None) -> int:
         for shape in shapes:
             for k in (2, 4):
                 for run in range(runs_per):
-                    order = ("dpo", "rankdpo") if run % 2 == 0 else ("rankdpo", "dpo")  # alternate who goes first
+                    order = tuple(TRAINERS) if run % 2 == 0 else tuple(reversed(TRAINERS))  # alternate who goes first
                     for trainer in order:
                         spec = dict(
                             trainer=trainer,

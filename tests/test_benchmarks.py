@@ -93,11 +93,66 @@ def test_speed_pairs_hold_every_completion_once():
     assert len(ids) == 3 + 2 + 1
 
 
+ISSUE_METHODS = {
+    "dpo_best_worst",
+    "dpo_all_pairs",
+    "rankdpo_pl",
+    "rankdpo_lipo",
+    "pro",
+    "rso",
+    "rrhf",
+    "slic",
+    "preferred_ft",
+    "raft",
+    "rloo",
+}
+
+
 def test_quality_registry_has_the_issue_methods():
     quality = _load("quality")
-    assert {"dpo_best_worst", "dpo_all_pairs", "rankdpo_pl", "rankdpo_lipo", "pro", "rso"} <= set(quality.METHODS)
+    assert ISSUE_METHODS <= set(quality.METHODS)
+    assert set(quality.Settings().methods) == set(quality.METHODS)  # a full run runs every registered method
     train, held_out = quality.prompt_split()
     assert len(train) == 90 and len(held_out) == 30 and not set(train) & set(held_out)
+
+
+def test_quality_knobs_have_sweep_values_in_full_and_quick_mode():
+    quality = _load("quality")
+    for settings in (quality.Settings(), quality.Settings(**quality.QUICK)):
+        for name, (_build, knob) in quality.METHODS.items():
+            values = quality.knob_values(settings, knob)
+            assert len(values) >= 1, name
+            assert (values == (None,)) == (knob is None), name
+    assert quality.METHODS["preferred_ft"][1] is None and quality.METHODS["raft"][1] is None
+    assert quality.METHODS["rloo"][1] == "beta"  # RLOO's KL coefficient means what DPO's beta means
+
+
+def test_quality_merge_replaces_same_runs_and_keeps_the_rest():
+    quality = _load("quality")
+    old = [
+        {"method": "sft", "K": 4, "beta": None, "seed": 0, "reward": 0.0, "kl": 0.0},
+        {"method": "rankdpo_pl", "K": 4, "beta": 0.1, "seed": 0, "reward": 1.0, "kl": 2.0},
+        {"method": "pro", "K": 4, "beta": None, "seed": 0, "sft_weight": 0.05, "reward": 0.7, "kl": 0.5},
+        {"method": "rrhf", "K": 4, "beta": None, "seed": 0, "rrhf_weight": 10.0, "reward": 0.1, "kl": 0.1},
+    ]
+    new = [
+        {"method": "sft", "K": 4, "beta": None, "seed": 0, "reward": 0.0, "kl": 0.0},
+        {"method": "rrhf", "K": 4, "beta": None, "seed": 0, "rrhf_weight": 10.0, "reward": 0.9, "kl": 1.0},
+        {"method": "rrhf", "K": 4, "beta": None, "seed": 0, "rrhf_weight": 1.0, "reward": 0.5, "kl": 0.4},
+        {"method": "raft", "K": 4, "beta": None, "seed": 0, "reward": 0.8, "kl": 0.3},
+    ]
+    merged = quality.merge_rows(old, new)
+    assert len(merged) == 6
+    assert [r for r in merged if r["method"] in ("rankdpo_pl", "pro")] == old[1:3]
+    assert {r["reward"] for r in merged if r["method"] == "rrhf"} == {0.9, 0.5}
+    table = quality.summary_table(merged)
+    for method in ("sft", "rankdpo_pl", "pro", "rrhf", "raft"):
+        assert f"| 4 | {method} |" in table
+    assert "λ=10" in table and "w=0.05" in table
+    # A stored SFT evaluation that differs means other settings: refuse to merge
+    quality.check_sft_rows(old, new[:1])  # the same SFT evaluation: fine
+    with pytest.raises(SystemExit):
+        quality.check_sft_rows(old, [dict(new[0], reward=0.5)])
 
 
 @pytest.mark.slow
