@@ -6,6 +6,9 @@ trl-rankalign rankdpo --config recipes/ultrafeedback/rankdpo.yaml --accelerate_c
 accelerate launch --config_file recipes/accelerate/zero3.yaml -m trl_rankalign rankdpo --config ...
 trl-rankalign pipeline --config recipes/tldr/pipeline.yaml                                   # SFT -> RM -> RSO
 trl-rankalign demo                                                                           # the tiny pipeline
+trl-rankalign rank --input prompts.jsonl --policy sft/ --num_samples 4 --reward_model rm/ --output_dir data/ranked
+trl-rankalign rankdpo --config recipes/tiny/rankdpo.yaml --dataset_name data/ranked         # its ranked/ folder
+trl-rankalign eval text-metrics --answers answers/policy.jsonl --prompts prompts.jsonl        # evaluation
 ```
 
 A stage command parses its recipe with TRL's `TrlParser` (`--config` YAML, then command-line overrides) into the
@@ -162,6 +165,9 @@ def _build_parser():
         add_eval_parser = None
     if add_eval_parser is not None:
         add_eval_parser(commands)
+    from .ranking_cli import add_rank_parser
+
+    add_rank_parser(commands)
     return parser
 
 
@@ -193,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluation.cli import run_eval
 
         return run_eval(args) or 0
+    if args.command == "rank":
+        from .ranking_cli import run_rank
+
+        return run_rank(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -46,6 +46,9 @@ class RAFTConfig(SFTConfig):
         sampling_seed (`int`, *optional*, defaults to `0`): seed of the sampling (batch b of round r uses
             `sampling_seed + 1000 * r + b`).
         reward_model_path (`str`, *optional*): sequence-classification reward model used when no reward is passed.
+        reward_function (`str`, *optional*): a Python reward callable as an import string `"module:function"`
+            (`(prompts, completions, **kwargs) -> rewards`, TRL's reward-function signature), the reward of the `raft`
+            CLI stage instead of `reward_model_path` (exactly one of the two; a recipe cannot pass a callable).
     """
 
     num_rounds: int = field(default=1, metadata={"help": "Number of sample → select → SFT rounds."})
@@ -56,6 +59,9 @@ class RAFTConfig(SFTConfig):
     sampling_batch_size: int = field(default=8, metadata={"help": "Prompts per generate call."})
     sampling_seed: int = field(default=0, metadata={"help": "Seed of the sampling."})
     reward_model_path: str | None = field(default=None, metadata={"help": "Reward model checkpoint."})
+    reward_function: str | None = field(
+        default=None, metadata={"help": "Reward callable as 'module:function' (the `raft` CLI stage's reward)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
