@@ -5,7 +5,6 @@ from typing import Any
 
 import torch
 from transformers.data.data_collator import DataCollatorMixin
-from trl.trainer.utils import pad
 
 
 @dataclass
@@ -102,9 +101,12 @@ class DataCollatorForRankedPreference(DataCollatorMixin):
             )
             rows = [(ids[sl], mask[sl]) for ids, mask in rows]
 
-        def padded(values: list[list[int]], padding_value: int) -> torch.Tensor:
-            tensors = [torch.tensor(v, dtype=torch.long) for v in values]
-            return pad(tensors, padding_value, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of)
+        length = max(len(ids) for ids, _ in rows)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+
+        def padded(values: list[list[int]], padding_value: int) -> torch.Tensor:  # right padding to `length`
+            return torch.tensor([list(v) + [padding_value] * (length - len(v)) for v in values], dtype=torch.long)
 
         output = {
             "input_ids": padded([ids for ids, _ in rows], self.pad_token_id),
