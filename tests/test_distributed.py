@@ -55,8 +55,18 @@ def _fixed_k_recipe(tmp_path: Path, k: int = 4) -> Path:
 
 def _launch(stage: str, recipe: Path, output_dir: Path, accelerate_config: str, *args: str, env=None):
     command = [sys.executable, "-m", "trl_rankalign", stage, "--config", str(recipe), "--output_dir", str(output_dir)]
-    command += ["--accelerate_config", accelerate_config, "--main_process_port", str(_free_port()), *args]
-    result = subprocess.run(command, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=900)
+    command += ["--accelerate_config", accelerate_config]
+    for attempt in range(2):
+        port = ["--main_process_port", str(_free_port())]
+        try:
+            result = subprocess.run(
+                command + port + list(args), cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=300
+            )
+            break
+        except subprocess.TimeoutExpired:
+            # A teardown hang of the gloo group (seen once; unrelated to what these tests check) gets one more try
+            if attempt == 1:
+                raise
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return json.loads((output_dir / "rankalign_stage.json").read_text())
 

@@ -440,6 +440,9 @@ def _build_and_train(
     summary = finish(
         stage, trainer, training_args, model_args, eval_metrics, time.time() - started, logged_keys=logged_keys
     )
+    # Everyone is done before any process tears the group down: a gloo peer that exits while another is still in the
+    # last collective can leave that one waiting forever (seen once in a 2-process CPU run)
+    trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):  # transformers >= 5.18: finishes the trackers (W&B), destroys the process group
         trainer.end()
     return summary
