@@ -77,3 +77,13 @@ def test_bad_input(tiny_path, tmp_path):
 
     with pytest.raises(ValueError, match="non-finite reward at index 0"):
         train_raft(tiny_path, PROMPTS, cpu_config(RAFTConfig, tmp_path / "nan", max_new_tokens=4), reward=nan_reward)
+
+
+def test_generation_pads_with_eos_when_the_tokenizer_has_no_pad_token(tiny_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    tokenizer.pad_token = None
+    out = generation.generate_completions(model, tokenizer, PROMPTS[:2], num_return_sequences=2, batch_size=2, seed=0)
+    assert [len(c) for c in out] == [2, 2] and tokenizer.pad_token is None

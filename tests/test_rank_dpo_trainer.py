@@ -199,3 +199,26 @@ def test_config_rejects_pairwise_only_options(tmp_path):
         cpu_config(RankDPOConfig, tmp_path, ties="random")
     with pytest.raises(ValueError, match="rank_loss"):
         cpu_config(RankDPOConfig, tmp_path, rank_loss="listmle")
+
+
+def test_precomputed_reference_on_pretokenised_unsorted_lists(tiny_path, tmp_path):
+    """A dataset tokenised by the user keeps its completion order; the stored ref_logps must follow that order.
+    (Lists without ties, so that reversing a list and sorting it again gives back the same order.)"""
+    data = tiny_ranked_dataset().filter(lambda r: len(set(r["scores"])) == len(r["scores"])).select(range(6))
+    live = RankDPOTrainer(model=tiny_path, args=cpu_config(RankDPOConfig, tmp_path / "a"), train_dataset=data)
+    # Reverse each tokenised list (now worst first) and hand it back as a pre-tokenised dataset
+    reversed_rows = live.train_dataset.map(
+        lambda r: {"completion_ids": r["completion_ids"][::-1], "scores": r["scores"][::-1]},
+        remove_columns=["prompt", "completions"],
+    )
+    pre = RankDPOTrainer(
+        model=tiny_path,
+        args=cpu_config(RankDPOConfig, tmp_path / "b", precompute_ref_log_probs=True),
+        train_dataset=reversed_rows,
+    )
+    examples = [pre.train_dataset[i] for i in range(4)]
+    batch = pre.data_collator(examples)
+    expected = live.compute_ref_log_probs(
+        live.ref_model, live.data_collator([live.train_dataset[i] for i in range(4)])
+    )
+    torch.testing.assert_close(batch["ref_logps"], expected, atol=1e-5, rtol=0)

@@ -86,3 +86,15 @@ def test_keep_end_refuses_shared(tiny_path, tmp_path):
             ),
             train_dataset=tiny_ranked_dataset().select(range(4)),
         )
+
+
+def test_auto_falls_back_for_a_model_it_cannot_run(tiny_path, tmp_path):
+    long_prompt = tiny_ranked_dataset().select(range(4))
+    long_prompt = long_prompt.map(
+        lambda row: {"prompt": "Read the reviews of the pasta and the soup. " * 8 + row["prompt"]}
+    )
+    trainer = RankDPOTrainer(model=tiny_path, args=cpu_config(RankDPOConfig, tmp_path), train_dataset=long_prompt)
+    assert trainer.shared_prompt_forward is True
+    trainer.model.config._attn_implementation = "flash_attention_2"  # no dense 4-D mask there
+    trainer._shared_prompt_model_check()
+    assert trainer.shared_prompt_forward is False

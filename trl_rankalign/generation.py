@@ -48,8 +48,10 @@ def generate_completions(
     config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if seed is not None:
         torch.manual_seed(seed)
-    padding_side = tokenizer.padding_side
+    padding_side, pad_token = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
+    if pad_token is None:  # e.g. Llama-3 / Mistral tokenizers: pad with EOS while batching prompts
+        tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -70,6 +72,8 @@ def generate_completions(
                     results.append(texts_i)
     finally:
         tokenizer.padding_side = padding_side
+        if pad_token is None:
+            tokenizer.pad_token = None
         model.train(was_training)
     return results
 
@@ -104,7 +108,8 @@ def sample_and_score(
 
     Each row is `{"index", "prompt", "completions", "scores"}` (`scores` only with a `scorer`). Under several
     processes the prompts are split between them and the rows gathered, so every process returns all rows. With
-    `cache_file`, finished prompts are appended to that JSONL file by the main process and skipped on a rerun.
+    `cache_file`, each process appends its finished batches to that JSONL file (one write per batch), and a rerun
+    skips the prompts already there.
     Prompts are generated in fixed batches of `batch_size` (batch `b` seeded with `seed + b`), so a resumed run
     draws what the uninterrupted one would have.
     """

@@ -24,7 +24,8 @@ class PROConfig(DPOConfig):
             NLL sums token log-probs where this one averages them, so the same number weighs the SFT term less here
             by about the completion length.
         scale_sft_weight_by_k (`bool`, *optional*, defaults to `True`):
-            Multiply `sft_weight` by (K−1)², K the batch's longest list, as the authors' code does.
+            Multiply `sft_weight` by (K−1)², as the authors' code does; K is the training data's longest list (the
+            same for every batch and process; the batch's longest list for an `IterableDataset`).
         temperature_mode (`str`, *optional*, defaults to `"reward_difference"`):
             `"reward_difference"`: the paper's weights w_{k,i} = r_k − r_i (a dynamic temperature). `"constant"`:
             w ≡ 1/`temperature` for every non-tied pair.

@@ -52,7 +52,7 @@ class PROTrainer(RankedPreferenceTrainer):
         ranking = ranking.mean()
         sft = self.sft_loss(per_token_logps, shift_completion_mask, batch_size)
         weight = self.args.sft_weight
-        if self.args.scale_sft_weight_by_k:
-            weight *= (num_completions - 1) ** 2
+        if self.args.scale_sft_weight_by_k:  # the dataset's K, so that every batch and process weighs the same
+            weight *= ((self.max_num_completions or num_completions) - 1) ** 2
         self.log_loss_terms({"pro_loss": ranking, "sft_loss": sft})
         return ranking + weight * sft, rewards

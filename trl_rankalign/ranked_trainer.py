@@ -16,6 +16,7 @@ Subclasses set `requires_reference_model` and implement `ranked_loss`.
 
 import contextlib
 import json
+import logging
 import os
 
 import torch
@@ -35,6 +36,8 @@ from .data.collator import DataCollatorForRankedPreference
 from .data.schema import is_pairwise, is_ranked, rank_order, validate_ranked_example
 from .shared_prompt import DataCollatorForSharedPromptRankedPreference, shared_prompt_logps, shared_prompt_model_inputs
 
+
+logger = logging.getLogger(__name__)
 
 # `shared_prompt_forward=None` turns the shared-prompt forward on when packing removes at least this share of the
 # tokens. Measured on CPU (benchmarks/shared_prompt_micro.py): 69% fewer tokens (TL;DR shape) ran 2.3x faster, 25%
@@ -110,6 +113,9 @@ class RankedPreferenceTrainer(DPOTrainer):
                 raise ValueError(f"{type(self).__name__} is reference-free: `precompute_ref_log_probs` must be False.")
         self._user_data_collator = data_collator
         self.shared_prompt_forward = False  # resolved from the config when the train split is prepared
+        self._shared_prompt_decided = False
+        self.max_num_completions = None  # K of the training data's longest list (None for an IterableDataset)
+        self._shared_prompt_auto = False
         no_reference = contextlib.nullcontext()
         if not self.requires_reference_model:
             no_reference = _without_reference_model(policy_is_path=isinstance(model, str))
@@ -128,6 +134,7 @@ class RankedPreferenceTrainer(DPOTrainer):
                 quantization_config=quantization_config,
                 peft_config=peft_config,
             )
+        self._shared_prompt_model_check()
         if self.shared_prompt_forward and self.aux_loss_enabled:
             raise ValueError("shared_prompt_forward does not support the MoE router auxiliary loss; set it to False.")
         if data_collator is None:  # DPOTrainer built its pairwise collator (and resolved the pad token): replace it
@@ -151,7 +158,8 @@ class RankedPreferenceTrainer(DPOTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """Validate, sort best-first and tokenise each ranked list. Idempotent on an already tokenised dataset."""
         columns = _dataset_columns(dataset)
-        if "completion_ids" in columns:
+        if "completion_ids" in columns:  # already tokenised (lists in any order: the collator sorts them)
+            self._note_train_dataset(dataset, args)
             return dataset
         if self._is_vision_dataset:
             raise ValueError(f"{type(self).__name__} does not support vision datasets yet.")
@@ -181,14 +189,44 @@ class RankedPreferenceTrainer(DPOTrainer):
                 },
                 **map_kwargs,
             )
-        if dataset_name == "train":
-            setting = getattr(args, "shared_prompt_forward", False)
-            if args.truncation_mode == "keep_end" and args.max_length is not None:
-                if setting:  # keep_end cuts a different part of the prompt for each completion: nothing to share
-                    raise ValueError("shared_prompt_forward needs truncation_mode='keep_start'.")
-                setting = False
-            self.shared_prompt_forward = _decide_shared_prompt(dataset, setting)
+        self._note_train_dataset(dataset, args)
         return dataset
+
+    def _note_train_dataset(self, dataset, args) -> None:
+        """Once, from the first dataset prepared (DPOTrainer prepares train first): decide `shared_prompt_forward` and
+        note the longest list."""
+        if self._shared_prompt_decided:
+            return
+        self._shared_prompt_decided = True
+        if isinstance(dataset, Dataset):  # the longest list of the training data (PRO's SFT weight uses it)
+            self.max_num_completions = max((len(scores) for scores in dataset["scores"]), default=None)
+        setting = getattr(args, "shared_prompt_forward", False)
+        if args.truncation_mode == "keep_end" and args.max_length is not None:
+            if setting:  # keep_end cuts a different part of the prompt for each completion: nothing to share
+                raise ValueError("shared_prompt_forward needs truncation_mode='keep_start'.")
+            setting = False
+        self._shared_prompt_auto = setting is None
+        self.shared_prompt_forward = _decide_shared_prompt(dataset, setting)
+
+    def _shared_prompt_model_check(self) -> None:
+        """Auto mode falls back to the default forward for a model the packed forward cannot run (the model is only
+        known once `Trainer.__init__` ran); an explicit `shared_prompt_forward=True` lets those errors surface."""
+        if not (self.shared_prompt_forward and self._shared_prompt_auto):
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        config = model.config.get_text_config()
+        unsupported = []
+        if config._attn_implementation not in ("sdpa", "eager"):
+            unsupported.append(f"attn_implementation={config._attn_implementation!r}")
+        if set(getattr(config, "layer_types", None) or []) - {"full_attention", "sliding_attention"}:
+            unsupported.append("layer types other than full/sliding attention")
+        if self.aux_loss_enabled:
+            unsupported.append("the MoE router auxiliary loss")
+        if is_peft_model(model) and model.active_peft_config.is_prompt_learning:
+            unsupported.append("prompt-learning PEFT")
+        if unsupported:
+            logger.info("shared_prompt_forward (auto) stays off: %s.", ", ".join(unsupported))
+            self.shared_prompt_forward = False
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -226,14 +264,17 @@ class RankedPreferenceTrainer(DPOTrainer):
             return dataset
         if isinstance(dataset, IterableDataset):
             raise ValueError("`precompute_ref_log_probs=True` needs a map-style Dataset, not an IterableDataset.")
-        fingerprint = [Hasher.hash((dataset._fingerprint, self._precompute_model_hash, "ranked_ref_logps"))]
+        self._shared_prompt_model_check()  # precomputation runs inside DPOTrainer.__init__, before our own check
+        settings = (self.args.max_length, self.args.truncation_mode, "ranked_ref_logps")
+        fingerprint = [Hasher.hash((dataset._fingerprint, self._precompute_model_hash, settings))]
         broadcast_object_list(fingerprint, from_process=0)
         cache_file = dataset._get_cache_file_path(fingerprint[0])
         if os.path.exists(cache_file):
             return concatenate_datasets([dataset, Dataset.from_file(cache_file)], axis=1)
 
         # Pad every batch to the dataset's largest K so batches of all processes gather into one tensor.
-        num_completions = [len(scores) for scores in dataset["scores"]]
+        all_scores = dataset["scores"]
+        num_completions = [len(scores) for scores in all_scores]
         collator = self._ranked_collator(pad_to_num_completions=max(num_completions))
         loader = DataLoader(
             dataset.select_columns(["prompt_ids", "completion_ids", "scores"]),
@@ -252,12 +293,19 @@ class RankedPreferenceTrainer(DPOTrainer):
         ref_logps = []
         for batch in tqdm(loader, desc=f"Computing reference log probs for {name} dataset"):
             ref_logps.append(self.accelerator.gather_for_metrics(self.compute_ref_log_probs(model, batch)).cpu())
-        ref_logps = torch.cat(ref_logps)  # (N, K_max), rows in dataset order, each list already sorted best first
+        ref_logps = torch.cat(ref_logps)  # (N, K_max), rows in dataset order, slots in the collator's rank order
 
         if self.accelerator.is_main_process:
 
             def add_ref_logps(_, indices):
-                return {"ref_logps": [ref_logps[i, : num_completions[i]].tolist() for i in indices]}
+                # Back to each row's own completion order, which the collator sorts again (with the ref_logps)
+                rows = []
+                for i in indices:
+                    row = [0.0] * num_completions[i]
+                    for rank, k in enumerate(rank_order(all_scores[i])):
+                        row[k] = ref_logps[i, rank].item()
+                    rows.append(row)
+                return {"ref_logps": rows}
 
             dataset.map(
                 add_ref_logps,
@@ -367,7 +415,9 @@ class RankedPreferenceTrainer(DPOTrainer):
         metrics["rewards/chosen"].append(top.mean().item())
         metrics["rewards/rejected"].append(bottom.mean().item())
         metrics["rewards/margins"].append((top - bottom).mean().item())
-        metrics["rewards/accuracies"].append((top > bottom).float().mean().item())
+        strict = scores[:, 0] > scores[rows, last]  # lists whose top and bottom are not tied
+        if strict.any():
+            metrics["rewards/accuracies"].append((top > bottom)[strict].float().mean().item())
         metrics["logps/chosen"].append(logps[:, 0].mean().item())
         metrics["logps/rejected"].append(logps[rows, last].mean().item())
         for k in range(mask.size(1)):
