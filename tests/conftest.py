@@ -38,3 +38,13 @@ def cpu_config(config_class, output_dir, **overrides):
     )
     kwargs.update(overrides)
     return config_class(**kwargs)
+
+
+@pytest.fixture
+def judge_server():
+    """An OpenAI-compatible judge stub on 127.0.0.1 (tests/stub_judge.py), shut down after the test."""
+    from stub_judge import StubJudge
+
+    server = StubJudge()
+    yield server
+    server.close()

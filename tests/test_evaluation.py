@@ -3,8 +3,6 @@ plots, and the `eval` CLI. Everything runs on the tiny default and a stub HTTP s
 
 import argparse
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -242,60 +240,6 @@ def test_load_prompts_sources(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------- LLM judge
-
-
-class StubJudge:
-    """An OpenAI-compatible /chat/completions on 127.0.0.1 whose replies come from `self.reply(request_json)`,
-    which returns `(status, body_text_or_dict, delay_s)`. Sleeping handlers wake up at shutdown."""
-
-    def __init__(self):
-        self.requests, self.lock, self.stop = [], threading.Lock(), threading.Event()
-        self.reply = lambda request: (200, "[[C]]", 0.0)
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with stub.lock:
-                    stub.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
-                status, content, delay = stub.reply(body)
-                if delay:
-                    stub.stop.wait(delay)
-                if isinstance(content, str):
-                    content = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
-                payload = json.dumps(content).encode()
-                try:
-                    self.send_response(status)
-                    if status == 429:
-                        self.send_header("Retry-After", "0")
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and left
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
-@pytest.fixture
-def judge_server():
-    server = StubJudge()
-    yield server
-    server.close()
 
 
 def content_judge(request):

@@ -4,8 +4,6 @@ resuming after an interruption, the Bradley-Terry fit, and generation -> rank ->
 import argparse
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -139,50 +137,6 @@ def test_bradley_terry_closed_form_and_mle():
 
 
 # ----------------------------------------------------------------------------------------------------- LLM judge
-
-
-class StubJudge:
-    """An OpenAI-compatible /chat/completions on 127.0.0.1 (the pattern of tests/test_evaluation.py) whose replies
-    come from `self.reply(request_json) -> (status, text)`; every request is recorded."""
-
-    def __init__(self):
-        self.requests, self.lock = [], threading.Lock()
-        self.reply = lambda request: (200, "[[C]]")
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with stub.lock:
-                    stub.requests.append(body)
-                status, text = stub.reply(body)
-                payload = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]})
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload.encode())
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
-@pytest.fixture
-def judge_server():
-    server = StubJudge()
-    yield server
-    server.close()
 
 
 def client(server, **kwargs):
