@@ -519,27 +519,8 @@ class RSOSampler(DPOTrainer):
         for key, value in self.rso_stats.items():
             self._metrics["train"][key] = [value]
 
-    @classmethod
-    def sample(
-        cls,
-        model: "str | PreTrainedModel",
-        args: RSOConfig,
-        train_dataset: Dataset,
-        reward_model: "str | PreTrainedModel | Any | None" = None,
-        processing_class=None,
-        reward_processing_class=None,
-        quantization_config=None,
-    ) -> DatasetDict:
-        """Run only the sampling stage (no reference model, no training): [`sample_rso_dataset`]."""
-        return sample_rso_dataset(
-            model,
-            args,
-            train_dataset,
-            reward_model=reward_model,
-            processing_class=processing_class,
-            reward_processing_class=reward_processing_class,
-            quantization_config=quantization_config,
-        )
+    # The sampling stage alone (no reference model, no training), also reachable from the class
+    sample = staticmethod(sample_rso_dataset)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-from transformers.data.data_collator import DataCollatorMixin
+
+from .data.collator import DataCollatorForRankedPreference
 
 
 __all__ = [
@@ -194,7 +195,7 @@ def pack_shared_prompt(
 
 
 @dataclass
-class DataCollatorForSharedPromptRankedPreference(DataCollatorMixin):
+class DataCollatorForSharedPromptRankedPreference(DataCollatorForRankedPreference):
     """
     Collates tokenised ranked lists into one packed row per prompt, for [`shared_prompt_logps`].
 
@@ -202,26 +203,12 @@ class DataCollatorForSharedPromptRankedPreference(DataCollatorMixin):
     `list_mask`, `scores` and `ref_logps`; the sequence tensors are those of [`pack_shared_prompt`] (which documents
     every shape). Only `truncation_mode="keep_start"` is supported.
 
-    Args:
-        pad_token_id (`int`): Token used for padding.
-        max_length (`int`, *optional*): Each prompt + completion longer than this is truncated (its end cut), as in
-            the unshared collator, so both forwards score the same tokens.
-        truncation_mode (`str`, *optional*, defaults to `"keep_start"`): Must be `"keep_start"` when `max_length` is
-            set.
-        pad_to_multiple_of (`int`, *optional*): Pad the packed length to a multiple of this value.
-        pad_to_num_completions (`int`, *optional*): Pad every list to this K instead of the batch's K_max.
+    The arguments are [`DataCollatorForRankedPreference`]'s; `max_length` truncates each prompt + completion (its
+    end), as the unshared collator does, so both forwards score the same tokens.
     """
 
-    pad_token_id: int
-    max_length: int | None = None
-    truncation_mode: str = "keep_start"
-    pad_to_multiple_of: int | None = None
-    pad_to_num_completions: int | None = None
-    return_tensors: str = "pt"
-
     def __post_init__(self):
-        if self.truncation_mode not in ("keep_start", "keep_end"):
-            raise ValueError(f"truncation_mode must be 'keep_start' or 'keep_end', got {self.truncation_mode!r}")
+        super().__post_init__()
         if self.truncation_mode == "keep_end" and self.max_length is not None:
             raise ValueError("The shared-prompt forward supports truncation_mode='keep_start' only.")
 
