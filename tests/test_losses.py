@@ -523,3 +523,32 @@ class TestBadArguments:
         # A large score in a padded slot is ignored.
         mask = torch.tensor([[False, True, True], [True, True, True]])
         lipo_lambda_loss(self.logps, self.logps, scores, mask, beta=0.1)
+
+    def test_pro_rejects_reward_gaps_that_overflow_the_gradients(self):
+        mean_logps = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -2.0, -3.0]], requires_grad=True)
+        mask = torch.ones(2, 3, dtype=torch.bool)
+        huge = torch.tensor([[2.0, 1.0, 0.0], [1e20, 0.0, -5.0]])
+        with pytest.raises(ValueError, match=r"batch row 1 has a largest gap of 1e\+20.*Rescale.*'constant'"):
+            pro_loss(mean_logps, huge, mask)
+        # The bound is on the weight gap / temperature, 1e4: a larger temperature brings the same gap inside it.
+        gap_2e4 = torch.tensor([[2e4, 0.0, 0.0], [1.0, 0.0, 0.0]])
+        with pytest.raises(ValueError, match="batch row 0 has a largest gap of 20000"):
+            pro_loss(mean_logps, gap_2e4, mask)
+        pro_loss(mean_logps, gap_2e4, mask, temperature=2.0)
+        # Non-finite scores in a valid slot are refused too (the gap is inf or NaN).
+        for bad in (float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="batch row 0"):
+                pro_loss(mean_logps, torch.tensor([[bad, 0.0, 0.0], [1.0, 0.0, 0.0]]), mask)
+
+    def test_pro_moderate_gaps_padding_and_constant_mode_are_unaffected(self):
+        mean_logps = torch.tensor([[-1.0, -2.0, -3.0], [-1e4, -2.0, -3.0]], requires_grad=True)
+        mask = torch.tensor([[True, True, False], [True, True, True]])
+        # Largest allowed gap (1e4) with log-probs down to -1e4: finite loss and gradients.
+        scores = torch.tensor([[1e4, 0.0, 1e20], [5e3, -5e3, 0.0]])  # 1e20 sits in a padded slot: ignored
+        losses, _ = pro_loss(mean_logps, scores, mask)
+        losses.sum().backward()
+        assert torch.isfinite(losses).all() and torch.isfinite(mean_logps.grad).all()
+        # The constant mode never multiplies by the gap, so no bound applies there.
+        huge = torch.tensor([[1e20, 0.0, 0.0], [1e30, 1.0, -1e30]])
+        losses, _ = pro_loss(mean_logps, huge, torch.ones(2, 3, dtype=torch.bool), temperature_mode="constant")
+        assert torch.isfinite(losses).all()

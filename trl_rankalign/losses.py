@@ -32,6 +32,10 @@ Ties (equal scores among valid completions) in `plackett_luce_loss`, through its
 - `"ordered"`: plain Plackett-Luce in the collator's stable order, so ties are broken by input position. This
   imposes an arbitrary order on tied completions.
 
+Score scale: `lipo_lambda_loss` refuses |score| > 64 (its gain is 2^score) and `pro_loss` with reward-difference
+temperatures refuses a list whose largest weight (max score − min score) / temperature exceeds 1e4 (it multiplies the
+log-probs). Both raise `ValueError` telling the user to rescale rather than train on overflowing gradients.
+
 `lipo_lambda_loss` never orders ties: tied pairs contribute nothing. `pro_loss` follows the PRO formula, in which a
 tied pair gets weight 0. Its stages still follow the stable order, so it is not symmetric in tied completions.
 
@@ -62,6 +66,15 @@ PRO_TEMPERATURE_MODES = ("reward_difference", "constant")
 _NEG_FILL = torch.finfo(torch.float32).min
 # LiPO gains are G = 2**psi - 1. float32 overflows at 2**128, and well before that one pair's gain swamps all others.
 _LIPO_MAX_ABS_SCORE = 64.0
+# PRO's reward-difference weights w = (r_k - r_i) / temperature multiply the log-probs, and every gradient that reaches
+# the model is scaled by them: |dL/ds_i| <= (K - 1) * max w (each stage's softmax factors are <= 1). A bound of 1e4 on
+# the largest weight of a list keeps |w * s| <= 1e8 for mean log-probs down to -1e4 (the range this module supports),
+# far inside float32 (3.4e38), and keeps the gradients within a small multiple of 1e4: representable even in float16
+# (max 65504), with squares that the float32 sum of a gradient-norm clip cannot overflow. A 1e20 gap instead gives
+# gradients of order 1e20, past sqrt(float32 max) ~ 1.8e19, so the squared grad norm is inf and every update is
+# skipped without an error. Past w ~ 1e2 a stage's softmax is already one-hot for log-prob gaps >= 1, so larger gaps
+# add scale, not ranking information; reward-model scores on an O(1-100) scale stay well inside the bound.
+_PRO_MAX_WEIGHT = 1e4
 
 
 def _check_inputs(mask: torch.Tensor, **tensors: torch.Tensor) -> torch.Tensor:
@@ -239,6 +252,28 @@ def lipo_lambda_loss(
     return losses, s.detach()
 
 
+def _check_pro_reward_gaps(r: torch.Tensor, mask: torch.Tensor, temperature: float) -> None:
+    """Raise ``ValueError`` if a list's largest weight ``(max r − min r) / temperature`` over its valid items exceeds
+    `_PRO_MAX_WEIGHT` or is not finite. `r`: `(B, K)` float32 rewards, `mask`: `(B, K)` bool."""
+    big = torch.finfo(torch.float32).max
+    with torch.no_grad():
+        top = torch.where(mask, r, -big).amax(dim=-1)  # (B,) NaN propagates
+        bottom = torch.where(mask, r, big).amin(dim=-1)  # (B,)
+        gaps = torch.where(mask.sum(-1) >= 2, top - bottom, 0.0)  # (B,) r_1 − r_K, the largest w·temperature
+        bad = ~(gaps / temperature <= _PRO_MAX_WEIGHT)  # (B,) also True for NaN / inf
+        if not bool(bad.any()):
+            return
+        row = int(bad.nonzero()[0, 0])
+        gap = gaps[row].item()
+    raise ValueError(
+        f"pro_loss with temperature_mode='reward_difference' multiplies log-probs by the reward gaps "
+        f"(r_k − r_i) / temperature, which must be finite and at most {_PRO_MAX_WEIGHT:g}; batch row {row} has a "
+        f"largest gap of {gap:g} (max score {top[row].item():g}, min score {bottom[row].item():g}, temperature "
+        f"{temperature:g}), so the gradients would overflow. Rescale the scores (e.g. standardise them or map them "
+        "to [0, 10]), raise `temperature`, or use temperature_mode='constant'."
+    )
+
+
 def pro_loss(
     policy_mean_logps: torch.Tensor,
     scores: torch.Tensor,
@@ -283,7 +318,9 @@ def pro_loss(
 
     Args:
         policy_mean_logps (`torch.Tensor`): `(B, K)` mean token log-prob of each completion (computed by the caller).
-        scores (`torch.Tensor`): `(B, K)` rewards r, higher is better. No gradient.
+        scores (`torch.Tensor`): `(B, K)` rewards r, higher is better. No gradient. With `"reward_difference"`,
+            each list's largest gap (max r − min r over valid items) / temperature must be finite and ≤ 1e4
+            (`_PRO_MAX_WEIGHT`), else `ValueError`: larger weights overflow the gradients.
         mask (`torch.Tensor`): `(B, K)` bool, False at padded slots.
         temperature_mode (`str`, *optional*, defaults to `"reward_difference"`): `"reward_difference"` or
             `"constant"`.
@@ -300,6 +337,9 @@ def pro_loss(
     s = torch.where(mask, policy_mean_logps.float(), 0.0)  # (B, K)
     sc = scores.detach()  # (B, K) compared exactly, in the caller's dtype
     r = torch.where(mask, sc.float(), 0.0)  # (B, K)
+
+    if temperature_mode == "reward_difference":
+        _check_pro_reward_gaps(r, mask, temperature)
 
     after = _ranks_after(sc, mask)  # (B, K, K) i at or after k
     after = after & ~torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)  # (B, K, K) strictly after

@@ -45,19 +45,43 @@ def kendall_tau(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor)
 
 @torch.no_grad()
 def ndcg(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """NDCG@K of the order the rewards induce, with linear gains ``score - min(score)`` of each list. ``(B,)``.
+    """Tie-averaged NDCG@K of the order the rewards induce, over each list's valid items. ``(B,)``.
 
-    Linear gains on min-shifted scores keep the metric defined for any real-valued scores (reward-model outputs
-    can be negative or large, where LiPO's ``2^score - 1`` would overflow). Ties in the rewards are broken by
-    position, which is the worst case for no tie and exact otherwise.
+    Gains are the min-shifted scores ``g_i = score_i - min(score over the list's valid items)``: linear gains keep
+    the metric defined for any real-valued scores (reward-model outputs can be negative or large, where LiPO's
+    ``2^score - 1`` would overflow), and the shift makes them non-negative. Only differences of scores matter, so
+    adding a constant to a list's scores leaves its NDCG unchanged.
+
+    Ties in the rewards are averaged as in scikit-learn's ``ndcg_score(gains, rewards, ignore_ties=False)``
+    (McSherry & Najork 2008): the valid items tied at one reward occupy positions ``a+1 .. a+c`` (``a`` valid items
+    rewarded strictly higher, ``c`` tied including itself) and each gets the mean of their discounts,
+
+        DCG  = Σ_i g_i · (D[a_i + c_i] − D[a_i]) / c_i,   D[n] = Σ_{p=1..n} 1 / log2(1 + p)
+        IDCG = Σ_p g_(p) / log2(1 + p)   over the gains sorted descending
+        NDCG = DCG / IDCG
+
+    so a constant reward (an untrained policy) scores the expected NDCG of a random order, not the 1.0 that breaking
+    ties by the (best-first) slot position would give. NaN where IDCG = 0 (fewer than two valid items, or all valid
+    scores equal); scikit-learn returns 0 there.
     """
     rewards, scores = rewards.float(), scores.float()
+    K = scores.size(1)
     big = torch.finfo(torch.float32).max
-    min_score = torch.where(mask, scores, big).min(dim=1, keepdim=True).values
-    gains = torch.where(mask, scores - min_score, 0.0)  # (B, K)
-    positions = torch.arange(1, scores.size(1) + 1, device=scores.device, dtype=torch.float32)
+    min_score = torch.where(mask, scores, big).min(dim=1, keepdim=True).values  # (B, 1)
+    gains = torch.where(mask, scores - min_score, 0.0)  # (B, K) >= 0, 0 at padded slots
+
+    positions = torch.arange(1, K + 1, device=scores.device, dtype=torch.float32)
     discounts = 1.0 / torch.log2(1.0 + positions)  # (K,)
-    order = torch.where(mask, rewards, -big).argsort(dim=1, descending=True, stable=True)
-    dcg = (gains.gather(1, order) * discounts).sum(dim=1)
-    ideal = (gains.sort(dim=1, descending=True).values * discounts).sum(dim=1)
+    cum_discounts = torch.cat([discounts.new_zeros(1), discounts.cumsum(0)])  # (K + 1,) D[0..K]
+
+    valid_j = mask[:, None, :]  # (B, 1, K)
+    higher = (rewards[:, None, :] > rewards[:, :, None]) & valid_j  # (B, K, K) valid j rewarded above i
+    tied = (rewards[:, None, :] == rewards[:, :, None]) & valid_j  # (B, K, K) valid j tied with i (i included)
+    above = higher.sum(-1)  # (B, K) a_i
+    count = tied.sum(-1).clamp(min=1)  # (B, K) c_i; 0 only at padded (or NaN) slots, whose gain is 0
+    end = (above + count).clamp(max=K)  # (B, K)
+    mean_discount = (cum_discounts[end] - cum_discounts[above]) / count  # (B, K)
+    dcg = torch.where(mask, gains * mean_discount, 0.0).sum(dim=1)  # (B,)
+
+    ideal = (gains.sort(dim=1, descending=True).values * discounts).sum(dim=1)  # (B,)
     return torch.where(ideal > 0, dcg / ideal.clamp(min=1e-12), torch.nan)
