@@ -143,7 +143,7 @@ QUICK = dict(
 # ---------------------------------------------------------------------------------------------------------- data
 def prompt_split() -> tuple[list[str], list[str]]:
     """All 120 prompts of the tiny language, shuffled once: 90 for training, 30 held out."""
-    from trl_rankalign.tiny_language import PROMPT_TEMPLATES, SUBJECTS
+    from trl_rankalign.tiny.language import PROMPT_TEMPLATES, SUBJECTS
 
     prompts = [t.format(s) for t, s in itertools.product(PROMPT_TEMPLATES, SUBJECTS)]
     random.Random(1234).shuffle(prompts)
@@ -157,7 +157,7 @@ def _key(obj) -> str:
 def pretrain_sft(settings: Settings, cache_dir: Path) -> str:
     """Pre-train the SFT policy from scratch on the review language (cached)."""
     from trl_rankalign.tiny import MODEL_KWARGS, TINY_BUILDER_VERSION, build_tiny_model, build_tiny_tokenizer
-    from trl_rankalign.tiny_language import make_corpus
+    from trl_rankalign.tiny.language import make_corpus
 
     spec = {
         "lines": settings.pretrain_lines,
@@ -219,8 +219,8 @@ def make_lists(sft_path: str, k: int, settings: Settings, cache_dir: Path) -> li
     """K completions per training prompt sampled from the SFT policy, scored by the true reward (cached JSONL)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_rankalign.generation import sample_and_score
-    from trl_rankalign.tiny_language import reward_fn
+    from trl_rankalign.sampling.generation import sample_and_score
+    from trl_rankalign.tiny.language import reward_fn
 
     train_prompts, _ = prompt_split()
     prompts = train_prompts * settings.list_repeats
@@ -326,7 +326,7 @@ def _rso(ctx: Context, beta: float, seed: int):
 
     from trl_rankalign.rso_config import RSOConfig
     from trl_rankalign.rso_sampler import RSOSampler
-    from trl_rankalign.tiny_language import reward_fn
+    from trl_rankalign.tiny.language import reward_fn
 
     s = ctx.settings
     prompts = prompt_split()[0] * s.list_repeats  # the prompts of the shared lists
@@ -390,7 +390,7 @@ class _RAFTRun:
 
     def train(self):
         from trl_rankalign.raft import train_raft
-        from trl_rankalign.tiny_language import reward_fn
+        from trl_rankalign.tiny.language import reward_fn
 
         self.model = train_raft(self.ctx.sft_path, self.prompts, self.args, reward=reward_fn)
 
@@ -419,7 +419,7 @@ def _rloo(ctx: Context, beta: float, seed: int):
     from datasets import Dataset
     from trl import RLOOConfig, RLOOTrainer
 
-    from trl_rankalign.tiny_language import reward_fn
+    from trl_rankalign.tiny.language import reward_fn
 
     s = ctx.settings
     prompts = prompt_split()[0] * s.list_repeats  # the prompts of the shared lists
@@ -480,7 +480,7 @@ def knob_value(row: dict):
 @torch.no_grad()
 def evaluate(policy, reference, tokenizer, prompts: list[str], num_samples: int, settings: Settings, seed: int):
     """Mean true reward of samples of `policy` on `prompts`, and KL(policy || reference) estimated on them."""
-    from trl_rankalign.tiny_language import true_reward
+    from trl_rankalign.tiny.language import true_reward
 
     policy.eval()
     tokenizer.padding_side = "left"

@@ -52,7 +52,7 @@ def build(attn_implementation: str, shape: str, seed: int = 0):
     from trl.trainer.utils import add_fused_lm_head
 
     from trl_rankalign.data.collator import DataCollatorForRankedPreference
-    from trl_rankalign.shared_prompt import pack_shared_prompt
+    from trl_rankalign.data.shared_prompt_collator import pack_shared_prompt
 
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(Qwen2Config(**MODEL, attn_implementation=attn_implementation))
@@ -90,9 +90,9 @@ def step_unshared(model, batch):
 
 
 def step_shared(model, batch):
-    from trl_rankalign.shared_prompt import shared_prompt_logps
+    from trl_rankalign.forward import listwise_forward
 
-    shared_prompt_logps(model, batch).logps.sum().backward()
+    listwise_forward(model, batch).logps.sum().backward()
 
 
 def timed(step, model, batch) -> float:
@@ -136,7 +136,7 @@ def measure_rss(attn_implementation: str, shape: str, path: str) -> dict:
 def benchmark(attn_implementation: str, shape: str, repeats: int) -> dict:
     model, unshared, shared = build(attn_implementation, shape)
     with torch.no_grad():  # the two paths agree before they are timed
-        from trl_rankalign.shared_prompt import shared_prompt_logps
+        from trl_rankalign.forward import listwise_forward
 
         labels = unshared["input_ids"].masked_fill(unshared["completion_mask"] == 0, -100)
         reference = model(
@@ -145,7 +145,7 @@ def benchmark(attn_implementation: str, shape: str, repeats: int) -> dict:
             labels=labels,
             fused_lm_head=True,
         ).log_probs.sum(1)
-        max_abs_diff = (shared_prompt_logps(model, shared).logps.T.reshape(-1) - reference).abs().max().item()
+        max_abs_diff = (listwise_forward(model, shared).logps.T.reshape(-1) - reference).abs().max().item()
 
     timed(step_unshared, model, unshared)  # warm-up
     timed(step_shared, model, shared)

@@ -13,17 +13,17 @@
 # limitations under the License.
 
 """
-Regenerate the shipped assets of the tiny review language (`trl_rankalign/tiny_language.py`):
+Regenerate the shipped assets of the tiny review language (`trl_rankalign/tiny/language.py`):
 
-- `trl_rankalign/assets/tiny_corpus.txt`: 2500 `prompt + completion` lines, the tokenizer's training text;
-- `trl_rankalign/assets/tiny_ranked.jsonl`: 300 ranked rows `{"prompt", "completions", "scores"}`, K in 2..6;
-- `trl_rankalign/assets/tiny_sft.jsonl`: 300 prompt-completion rows `{"prompt", "completion"}`.
+- `trl_rankalign/tiny/assets/tiny_corpus.txt`: 2500 `prompt + completion` lines, the tokenizer's training text;
+- `trl_rankalign/tiny/assets/tiny_ranked.jsonl`: 300 ranked rows `{"prompt", "completions", "scores"}`, K in 2..6;
+- `trl_rankalign/tiny/assets/tiny_sft.jsonl`: 300 prompt-completion rows `{"prompt", "completion"}`.
 
 Deterministic (seed 0): rerunning rewrites identical files. The files are committed; regenerate them only when the
 grammar changes, and bump `TINY_BUILDER_VERSION` in `trl_rankalign/tiny.py` if the corpus changed (the corpus hash
 already invalidates cached tiny models, the version documents it).
 
-    python scripts/make_tiny_assets.py [--output_dir trl_rankalign/assets]
+    python scripts/make_tiny_assets.py [--output_dir trl_rankalign/tiny/assets]
 """
 
 import argparse
@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # runnable from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
-from trl_rankalign.tiny_language import make_corpus, make_ranked_dataset, make_sft_dataset  # noqa: E402
+from trl_rankalign.tiny.language import make_corpus, make_ranked_dataset, make_sft_dataset  # noqa: E402
 
 
 SEED = 0

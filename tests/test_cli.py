@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trl_rankalign import cli
-from trl_rankalign.stages import MARKER_FILE, is_finished, ranked_to_pairwise
+from trl_rankalign.cli import main as cli
+from trl_rankalign.cli.stage_runner import MARKER_FILE, is_finished
+from trl_rankalign.data.adapters import ranked_to_pairwise
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,9 @@ def test_converter_key_must_exist():
 
 
 def test_resolve_accelerate_config(tmp_path):
-    assert cli.resolve_accelerate_config("zero3") == str(ROOT / "recipes" / "accelerate" / "zero3.yaml")
+    assert cli.resolve_accelerate_config("zero3") == str(
+        ROOT / "trl_rankalign" / "recipes" / "accelerate" / "zero3.yaml"
+    )
     assert cli.resolve_accelerate_config("multi_gpu").endswith("trl/accelerate_configs/multi_gpu.yaml")  # TRL's
     own = tmp_path / "mine.yaml"
     own.write_text("distributed_type: NO\n")
@@ -85,7 +88,7 @@ def test_accelerate_config_relaunches(monkeypatch):
     assert stage == "rankdpo"
     assert script_args == ["--config", config, "--max_steps", "3"]
     assert launch_args == ["--num_processes", "2"]
-    assert config_file == str(ROOT / "recipes" / "accelerate" / "zero2.yaml")
+    assert config_file == str(ROOT / "trl_rankalign" / "recipes" / "accelerate" / "zero2.yaml")
 
 
 def test_ranked_to_pairwise_drops_fully_tied_lists():
@@ -132,7 +135,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
 
 
 def test_pipeline_rejects_bad_specs(tmp_path):
-    from trl_rankalign.pipeline import load_pipeline
+    from trl_rankalign.cli.pipeline import load_pipeline
 
     sft = str(TINY / "sft.yaml")
     bad = _tiny_pipeline(tmp_path, [{"name": "a", "stage": "nope", "config": sft}])

@@ -94,9 +94,14 @@ def test_from_pairwise(form, expected):
     assert as_list(out) == expected
 
 
-def test_from_pairwise_drops_extra_columns():
-    rows = [{**row, "score_chosen": 9.0, "source": "x"} for row in load_rows("trl_pairwise")["standard"]]
-    assert as_list(from_pairwise(Dataset.from_list(rows))) == SKY_STANDARD
+def test_from_pairwise_keeps_every_other_column():
+    """`tools` and `chat_template_kwargs` (which TRL's DPO tokenises with) and any other column survive conversion."""
+    tools = json.dumps([{"type": "function", "function": {"name": "get_weather", "parameters": {}}}])
+    extra = {"score_chosen": 9.0, "source": "x", "tools": tools, "chat_template_kwargs": {"enable_thinking": False}}
+    rows = [{**row, **extra} for row in load_rows("trl_pairwise")["standard"]]
+    converted = from_pairwise(Dataset.from_list(rows))
+    assert as_list(converted.select_columns(["prompt", "completions", "scores"])) == SKY_STANDARD
+    assert all({key: row[key] for key in extra} == extra for row in converted)
 
 
 def test_from_pairwise_bad_rows():

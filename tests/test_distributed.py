@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trl_rankalign import cli
+from trl_rankalign.cli import main as cli
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def _free_port() -> int:
 def _fixed_k_recipe(tmp_path: Path, k: int = 4) -> Path:
     """recipes/tiny/rankdpo.yaml on the shipped lists with exactly K completions (51 rows for K=4), via TRL's json
     loader in a `datasets:` mixture. Same K on every rank: see `test_ddp_with_different_k_per_rank`."""
-    rows = [json.loads(line) for line in (ROOT / "trl_rankalign" / "assets" / "tiny_ranked.jsonl").open()]
+    rows = [json.loads(line) for line in (ROOT / "trl_rankalign" / "tiny" / "assets" / "tiny_ranked.jsonl").open()]
     data = tmp_path / f"tiny_k{k}.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows if len(row["scores"]) == k))
     recipe = yaml.safe_load((TINY / "rankdpo.yaml").read_text())

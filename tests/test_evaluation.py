@@ -10,6 +10,7 @@ import sacrebleu
 from conftest import cpu_config
 from rouge_score import rouge_scorer
 
+from trl_rankalign.cli.eval import add_eval_parser, run_eval
 from trl_rankalign.evaluation import (
     JudgeClient,
     JudgeRequestError,
@@ -30,8 +31,7 @@ from trl_rankalign.evaluation import (
     to_alpaca_eval,
     to_mt_bench,
 )
-from trl_rankalign.evaluation.cli import add_eval_parser, run_eval
-from trl_rankalign.tiny_language import reward_fn
+from trl_rankalign.tiny.language import reward_fn
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -157,7 +157,7 @@ def test_generate_then_judge_end_to_end_with_the_cli(tiny_path, tmp_path, capsys
     baseline = write_jsonl(tmp_path / "negative.jsonl", answers_rows(PROMPTS, [BAD] * 4))
     result_file = tmp_path / "win_rate.json"
     assert cli("win-rate", "--answers", out / "tiny.jsonl", "--baseline", baseline,
-               "--reward-fn", "trl_rankalign.tiny_language:reward_fn", "--output", result_file) == 0  # fmt: skip
+               "--reward-fn", "trl_rankalign.tiny.language:reward_fn", "--output", result_file) == 0  # fmt: skip
     result = json.loads(result_file.read_text())
     assert (result["wins"], result["win_rate"], len(result["per_prompt"])) == (4, 1.0, 4)
     assert "win rate 100.0%" in capsys.readouterr().out
@@ -167,7 +167,7 @@ def test_generation_resumes_after_an_interruption(tiny_path, tmp_path, monkeypat
     """A crash mid-run keeps the finished batches; the rerun generates only the rest and equals an unbroken run."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import trl_rankalign.generation as generation
+    import trl_rankalign.sampling.generation as generation
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_path), AutoTokenizer.from_pretrained(tiny_path)
     kwargs = dict(tokenizer=tokenizer, max_new_tokens=6, batch_size=2)

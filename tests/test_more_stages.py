@@ -12,16 +12,18 @@ import sacrebleu
 import yaml
 from datasets import Dataset, DatasetDict
 
-from trl_rankalign import cli
+from trl_rankalign.cli import main as cli
+from trl_rankalign.cli.stage_data import load_stage_dataset
+from trl_rankalign.cli.stage_runner import MARKER_FILE, is_finished
+from trl_rankalign.data.adapters import prompts_of
 from trl_rankalign.data.translation import from_alma_parallel, wmt_test_prompts
-from trl_rankalign.stages import MARKER_FILE, is_finished, load_stage_dataset, prompts_of
 
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "recipes" / "tiny"
 TRANSLATION = ROOT / "recipes" / "translation"
 FIXTURES = Path(__file__).parent / "fixtures"
-REWARD_FN = "trl_rankalign.tiny_language:reward_fn"
+REWARD_FN = "trl_rankalign.tiny.language:reward_fn"
 
 
 def _stage(stage: str, recipe: str, output_dir: Path, *overrides: str) -> dict:
@@ -49,7 +51,7 @@ def test_offline_stage_runs_from_its_tiny_recipe(tmp_path, stage, recipe, eval_k
 
 def test_preferred_ft_trains_on_the_top_ranked_completion():
     """The `sft` stage on ranked rows (recipes/tiny/preferred_ft.yaml) sees each list's best completion."""
-    from trl_rankalign.stages import _to_sft
+    from trl_rankalign.data.adapters import to_sft as _to_sft
 
     ranked = Dataset.from_list([{"prompt": "p", "completions": [" ok", " best", " bad"], "scores": [1.0, 2.0, 0.0]}])
     assert _to_sft(ranked).to_list() == [{"prompt": "p", "completion": " best"}]

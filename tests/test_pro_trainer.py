@@ -99,8 +99,8 @@ def test_bad_input_and_options_fail_loudly(tiny_path, tmp_path):
     ]
     with pytest.raises(ValueError, match="row 1, field 'scores\\[1\\]'"):
         PROTrainer(model=tiny_path, args=cpu_config(PROConfig, tmp_path), train_dataset=Dataset.from_list(rows))
-    with pytest.raises(ValueError, match="reference-free"):
-        cpu_config(PROConfig, tmp_path, precompute_ref_log_probs=True)
+    # Reference-free: DPOTrainer's public switch for holding no reference model is always on
+    assert cpu_config(PROConfig, tmp_path, precompute_ref_log_probs=False).precompute_ref_log_probs
     with pytest.raises(ValueError, match="temperature_mode"):
         cpu_config(PROConfig, tmp_path, temperature_mode="annealed")
     with pytest.raises(ValueError, match="temperature"):

@@ -3,9 +3,9 @@ import json
 import pytest
 from conftest import cpu_config
 
-from trl_rankalign import generation
 from trl_rankalign.raft import RAFTConfig, load_raft_round, select_best, train_raft
-from trl_rankalign.tiny_language import reward_fn
+from trl_rankalign.sampling import generation
+from trl_rankalign.tiny.language import reward_fn
 
 
 PROMPTS = ["Review of the pasta:", "Review of the hotel room:", "Your thoughts on the salad:", "Review of the camera:"]

@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 
 import pytest
@@ -8,6 +9,7 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from trl_rankalign import RankDPOConfig, RankDPOTrainer
+from trl_rankalign.data.collator import row_ref_logps
 from trl_rankalign.tiny import tiny_ranked_dataset
 
 
@@ -122,8 +124,12 @@ def test_precomputed_reference_equals_on_the_fly(tiny_path, tmp_path):
         args=cpu_config(RankDPOConfig, tmp_path / "b", precompute_ref_log_probs=True),
         train_dataset=data,
     )
-    assert pre.ref_model is None and "ref_logps" in pre.train_dataset.column_names
-    assert [len(r) for r in pre.train_dataset["ref_logps"]] == [len(s) for s in data["scores"]]
+    # TRL's own precompute and cache, with TRL's columns: the top completion, then the others (padded to the longest K)
+    assert pre.ref_model is None
+    assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(pre.train_dataset.column_names)
+    longest = max(len(s) for s in data["scores"])
+    assert all(len(r) == longest - 1 for r in pre.train_dataset["ref_rejected_logps"])
+    assert [len(row_ref_logps(row)) for row in pre.train_dataset] == [len(s) for s in data["scores"]]
     live_loss, live_grads = loss_and_grads(live)
     pre_loss, pre_grads = loss_and_grads(pre)
     assert math.isclose(live_loss.item(), pre_loss.item(), abs_tol=1e-6)
@@ -180,13 +186,24 @@ def test_bad_rows_fail_loudly_before_training(tiny_path, tmp_path, row, match):
         )
 
 
-def test_prompt_longer_than_max_length_fails(tiny_path, tmp_path):
-    rows = [{"prompt": "Review of the pasta: " * 20, "completions": [" good", " bad"], "scores": [1.0, 0.0]}]
-    with pytest.raises(ValueError, match="row 0, field 'prompt'.*max_length=16"):
+def test_lists_whose_prompt_fills_max_length_are_dropped_and_counted(tiny_path, tmp_path, caplog):
+    """As TRL's DPO: a prompt of >= max_length tokens leaves nothing to learn; the list is dropped, the count logged at
+    WARNING; a split left empty fails loudly."""
+    long = {"prompt": "Review of the pasta: " * 20, "completions": [" good", " bad"], "scores": [1.0, 0.0]}
+    short = {"prompt": "Pasta:", "completions": [" good", " bad"], "scores": [1.0, 0.0]}
+    with caplog.at_level(logging.WARNING, logger="trl_rankalign.ranked_preference_trainer"):
+        trainer = RankDPOTrainer(
+            model=tiny_path,
+            args=cpu_config(RankDPOConfig, tmp_path, max_length=16),
+            train_dataset=Dataset.from_list([long, short, long]),
+        )
+    assert len(trainer.train_dataset) == 1
+    assert "Dropped 2 of 3 train lists" in caplog.text
+    with pytest.raises(ValueError, match="train .*dataset is empty"):
         RankDPOTrainer(
             model=tiny_path,
             args=cpu_config(RankDPOConfig, tmp_path, max_length=16),
-            train_dataset=Dataset.from_list(rows),
+            train_dataset=Dataset.from_list([long]),
         )
 
 
@@ -202,7 +219,8 @@ def test_config_rejects_pairwise_only_options(tmp_path):
 
 
 def test_precomputed_reference_on_pretokenised_unsorted_lists(tiny_path, tmp_path):
-    """A dataset tokenised by the user keeps its completion order; the stored ref_logps must follow that order.
+    """A dataset tokenised by the user may list completions in any order; the stored reference log-probs must follow
+    the completions they belong to.
     (Lists without ties, so that reversing a list and sorting it again gives back the same order.)"""
     data = tiny_ranked_dataset().filter(lambda r: len(set(r["scores"])) == len(r["scores"])).select(range(6))
     live = RankDPOTrainer(model=tiny_path, args=cpu_config(RankDPOConfig, tmp_path / "a"), train_dataset=data)
@@ -221,4 +239,22 @@ def test_precomputed_reference_on_pretokenised_unsorted_lists(tiny_path, tmp_pat
     expected = live.compute_ref_log_probs(
         live.ref_model, live.data_collator([live.train_dataset[i] for i in range(4)])
     )
-    torch.testing.assert_close(batch["ref_logps"], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        batch["ref_logps"], torch.cat([expected[0][:, None], expected[1]], dim=1), atol=1e-5, rtol=0
+    )
+
+
+def test_pretokenised_rows_are_validated(tiny_path, tmp_path):
+    """Pre-tokenised rows skip tokenisation, not validation: a NaN score would otherwise train with loss 0."""
+    rows = [
+        {"prompt_ids": [5, 6], "completion_ids": [[7, 8], [9]], "scores": [1.0, 0.0]},
+        {"prompt_ids": [5, 6], "completion_ids": [[7, 8], [9]], "scores": [1.0, float("nan")]},
+    ]
+    with pytest.raises(ValueError, match=r"row 1, field 'scores\[1\]'"):
+        RankDPOTrainer(tiny_path, args=cpu_config(RankDPOConfig, tmp_path), train_dataset=Dataset.from_list(rows))
+
+
+def test_empty_dataset_fails_with_a_message(tiny_path, tmp_path):
+    empty = Dataset.from_dict({"prompt": [], "completions": [], "scores": []})
+    with pytest.raises(ValueError, match="The train dataset is empty"):
+        RankDPOTrainer(tiny_path, args=cpu_config(RankDPOConfig, tmp_path), train_dataset=empty)

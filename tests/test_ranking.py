@@ -10,12 +10,12 @@ import pytest
 from conftest import cpu_config
 from datasets import load_from_disk
 
+from trl_rankalign.cli.rank import add_rank_parser, run_rank
 from trl_rankalign.data.schema import rank_order, validate_ranked_dataset
 from trl_rankalign.evaluation import JudgeClient
-from trl_rankalign.ranking import DEFAULT_ASPECTS, bradley_terry, rank_candidates, split_num_samples
-from trl_rankalign.ranking_cli import add_rank_parser, run_rank
+from trl_rankalign.sampling.rank import DEFAULT_ASPECTS, bradley_terry, rank_candidates, split_num_samples
 from trl_rankalign.tiny import tiny_ranked_dataset
-from trl_rankalign.tiny_language import reward_fn, true_reward
+from trl_rankalign.tiny.language import reward_fn, true_reward
 
 
 # Candidates with known true rewards (positive minus negative words).
@@ -72,7 +72,7 @@ def test_rank_reproduces_the_tiny_default_scores(tmp_path):
 def test_reward_model_checkpoint(tiny_path, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from trl_rankalign.judges import as_scorer
+    from trl_rankalign.sampling.scorers import as_scorer
 
     AutoModelForSequenceClassification.from_pretrained(tiny_path, num_labels=1).save_pretrained(tmp_path / "rm")
     AutoTokenizer.from_pretrained(tiny_path).save_pretrained(tmp_path / "rm")

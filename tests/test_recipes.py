@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trl_rankalign.cli import parse_stage_args
-from trl_rankalign.pipeline import load_pipeline, stage_recipe
-from trl_rankalign.stages import STAGES
+from trl_rankalign.cli.main import parse_stage_args
+from trl_rankalign.cli.pipeline import load_pipeline, stage_recipe
+from trl_rankalign.cli.stages import STAGES
 
 
 ROOT = Path(__file__).resolve().parent.parent

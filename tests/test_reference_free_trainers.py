@@ -42,6 +42,9 @@ def test_learns_without_a_reference(tiny_path, tmp_path, monkeypatch, name):
         assert all(math.isfinite(h[key]) for h in history), key
     for n, p in trainer.model.named_parameters():
         assert not torch.equal(p, before[n]), f"{n} did not move"
+    # A dataset passed to `evaluate` after training is prepared and evaluated (no reference log-probs are looked for)
+    metrics = trainer.evaluate(tiny_ranked_dataset().select(range(8, 12)))
+    assert math.isfinite(metrics["eval_loss"]) and f"eval_{term}" in metrics
 
 
 @pytest.mark.parametrize("name", TRAINERS)
@@ -53,8 +56,7 @@ def test_bad_rows_and_options(tiny_path, tmp_path, name):
     ]
     with pytest.raises(ValueError, match="row 1, field 'scores'"):
         trainer_class(model=tiny_path, args=cpu_config(config_class, tmp_path), train_dataset=Dataset.from_list(rows))
-    with pytest.raises(ValueError, match="reference-free"):
-        cpu_config(config_class, tmp_path, precompute_ref_log_probs=True)
+    assert cpu_config(config_class, tmp_path, precompute_ref_log_probs=False).precompute_ref_log_probs  # no ref model
     with pytest.raises(ValueError, match="reference-free"):
         trainer_class(
             model=tiny_path,

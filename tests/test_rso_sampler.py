@@ -11,12 +11,14 @@ from conftest import cpu_config
 from datasets import Dataset, load_from_disk
 from trl import DPOConfig
 
-from trl_rankalign import generation, rso_sampler
-from trl_rankalign.generation import read_jsonl
-from trl_rankalign.judges import RewardModelScorer
+from trl_rankalign import rso_sampler
 from trl_rankalign.rso_config import RSOConfig
-from trl_rankalign.rso_sampler import RSOSampler, sample_rso_dataset, tiny_prompt_dataset, train_tiny_reward_model
-from trl_rankalign.tiny_language import reward_fn
+from trl_rankalign.rso_sampler import RSOSampler, sample_rso_dataset
+from trl_rankalign.sampling import generation
+from trl_rankalign.sampling.generation import read_jsonl
+from trl_rankalign.sampling.scorers import RewardModelScorer
+from trl_rankalign.tiny import tiny_prompt_dataset, train_tiny_reward_model
+from trl_rankalign.tiny.language import reward_fn
 
 
 NUM_PROMPTS, NUM_CANDIDATES, NUM_ACCEPTED, BATCH = 6, 8, 4, 2  # 3 sampling batches of 2 prompts

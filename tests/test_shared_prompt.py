@@ -8,12 +8,8 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
 from trl_rankalign.data.collator import DataCollatorForRankedPreference
-from trl_rankalign.shared_prompt import (
-    DataCollatorForSharedPromptRankedPreference,
-    pack_shared_prompt,
-    shared_prompt_attention_mask,
-    shared_prompt_logps,
-)
+from trl_rankalign.data.shared_prompt_collator import DataCollatorForSharedPromptRankedPreference, pack_shared_prompt
+from trl_rankalign.forward import listwise_forward, shared_prompt_attention_mask
 
 
 PAD = 0
@@ -61,7 +57,7 @@ def unshared_logps(model, examples, max_length=None):
 
 def shared_logps(model, examples, max_length=None):
     batch = pack_shared_prompt(examples, pad_token_id=PAD, max_length=max_length, pad_to_multiple_of=8)
-    out = shared_prompt_logps(model, batch)
+    out = listwise_forward(model, batch)
     mask = out.completion_mask.bool()
     return out.logps, out.per_token_logps[mask], mask.sum(dim=1)
 
@@ -193,11 +189,44 @@ def test_matches_unshared_sliding_window():
     assert_same_logps_and_grads(model, random_examples(3, config.vocab_size))
 
 
+@pytest.mark.parametrize("family", ["mistral", "phi3"])
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_matches_unshared_config_level_sliding_window(family, attn_implementation):
+    """Mistral and Phi3 keep the window in `config.sliding_window`, not in `layer_types`, and apply it to every layer
+    through their own mask, which the packed 4-D mask replaces: the window must be in ours (sequences here are up to
+    21 tokens, the window 4)."""
+    from transformers import MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM
+
+    config_class, model_class = {
+        "mistral": (MistralConfig, MistralForCausalLM),
+        "phi3": (Phi3Config, Phi3ForCausalLM),
+    }[family]
+    torch.manual_seed(0)
+    config = config_class(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=4,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        attn_implementation=attn_implementation,
+    )
+    model = model_class(config)
+    assert not getattr(model.config, "layer_types", None) and model.config.sliding_window == 4
+    add_fused_lm_head(model)
+    model.eval()
+    assert_same_logps_and_grads(model, random_examples(4, config.vocab_size))
+
+
 def test_entropy_layout(tiny_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
     add_fused_lm_head(model, outputs=("log_probs", "entropy"))
     examples = random_examples(5, model.config.vocab_size)
-    out = shared_prompt_logps(model, pack_shared_prompt(examples, pad_token_id=PAD))
+    out = listwise_forward(model, pack_shared_prompt(examples, pad_token_id=PAD))
     assert out.entropy.shape == out.per_token_logps.shape
     assert (out.entropy[out.completion_mask.bool()] > 0).all()
     assert (out.entropy[~out.completion_mask.bool()] == 0).all()

@@ -8,7 +8,8 @@ from conftest import cpu_config
 from datasets import Dataset
 
 from trl_rankalign import PROConfig, PROTrainer, RankDPOConfig, RankDPOTrainer
-from trl_rankalign.ranked_trainer import _decide_shared_prompt
+from trl_rankalign.data.collator import row_ref_logps
+from trl_rankalign.ranked_preference_trainer import _decide_shared_prompt
 from trl_rankalign.tiny import tiny_ranked_dataset
 
 
@@ -56,8 +57,8 @@ def test_shared_with_lora_precompute_and_training(tiny_path, tmp_path):
     )
     batch = live.data_collator([live.train_dataset[i] for i in range(4)])
     live_ref = live.compute_ref_log_probs(live.model, batch)
-    precomputed = torch.tensor([trainer.train_dataset[i]["ref_logps"][0] for i in range(4)])
-    torch.testing.assert_close(precomputed, live_ref[:, 0], atol=1e-5, rtol=0)
+    precomputed = torch.tensor([row_ref_logps(trainer.train_dataset[i])[0] for i in range(4)])
+    torch.testing.assert_close(precomputed, live_ref[0], atol=1e-5, rtol=0)  # the top-ranked completions
     trainer.train()
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert history[-1]["loss"] < history[0]["loss"]

@@ -31,7 +31,7 @@ from trl_rankalign.tiny import (
     tiny_ranked_dataset,
     tiny_sft_dataset,
 )
-from trl_rankalign.tiny_language import (
+from trl_rankalign.tiny.language import (
     NEGATIVE_WORDS,
     POSITIVE_WORDS,
     make_corpus,

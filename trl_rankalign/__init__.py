@@ -7,7 +7,7 @@ from .pro_trainer import PROTrainer
 from .raft import RAFTConfig, train_raft
 from .rank_dpo_config import RankDPOConfig
 from .rank_dpo_trainer import RankDPOTrainer
-from .ranked_trainer import RankedPreferenceTrainer
+from .ranked_preference_trainer import RankedPreferenceTrainer
 from .rrhf_config import RRHFConfig
 from .rrhf_trainer import RRHFTrainer
 from .rso_config import RSOConfig

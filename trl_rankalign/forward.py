@@ -1,7 +1,9 @@
-"""The shared-prompt forward: encode each prompt once for its K completions.
+"""The listwise forward: per-completion log-probs of a ranked batch, from K rows per prompt or one packed row.
 
-The default forward (`RankedPreferenceTrainer._compute_loss`) runs `K * B` rows `[prompt + completion_k]`, so every
-prompt is encoded K times. Here each prompt is one packed row and its K completions are branches of it:
+[`listwise_forward`] is the one forward the trainers call (policy and, through [`ReferenceForward`], reference). The
+default batch holds `K * B` rows `[prompt + completion_k]`, so every prompt is encoded K times. The shared-prompt
+batch ([`trl_rankalign.data.shared_prompt_collator`]) encodes each prompt once: one packed row per prompt, its K
+completions as branches of it:
 
 ```
 row b:   [ p_0 … p_{P-2} | p_{P-1} y_1[0] … y_1[L_1-2] | p_{P-1} y_2[0] … y_2[L_2-2] | … | pad … ]
@@ -34,193 +36,28 @@ in position ids, which is what the unshared row's window measures. Padding token
 prefix), so no softmax row is empty (an empty row is NaN under SDPA and would leak into the backward).
 
 The batch stays compact (`segment_ids`, `position_ids`): the `(B, 1, L, L)` mask is built on the model's device by
-[`shared_prompt_attention_mask`] inside [`shared_prompt_logps`], not carried through the data loader.
+[`shared_prompt_attention_mask`] inside [`listwise_forward`], not carried through the data loader.
 """
 
-from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import torch
 
-from .data.collator import DataCollatorForRankedPreference
+from .data.shared_prompt_collator import PREFIX_SEGMENT
 
 
 __all__ = [
-    "PAD_SEGMENT",
-    "PREFIX_SEGMENT",
-    "DataCollatorForSharedPromptRankedPreference",
-    "SharedPromptLogps",
-    "pack_shared_prompt",
+    "ListwiseForward",
+    "ReferenceForward",
+    "listwise_forward",
+    "reference_inputs",
     "shared_prompt_attention_mask",
-    "shared_prompt_logps",
     "shared_prompt_model_inputs",
+    "shared_prompt_support",
 ]
 
-PREFIX_SEGMENT = 0  # the prompt shared by every branch of a row
-PAD_SEGMENT = -1  # padding at the end of a packed row; branch k (0-based rank) is segment k + 1
-
 _DENSE_MASK_IMPLEMENTATIONS = ("sdpa", "eager")
-
-
-def _round_up(length: int, multiple: int | None) -> int:
-    if not multiple:
-        return length
-    return -(-length // multiple) * multiple
-
-
-def pack_shared_prompt(
-    examples: list[dict[str, Any]],
-    pad_token_id: int,
-    max_length: int | None = None,
-    truncation_mode: str = "keep_start",
-    pad_to_multiple_of: int | None = None,
-    pad_to_num_completions: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """
-    Pack each ranked list into one row `[prompt[:-1], branch_1, …, branch_K]` (see the module docstring).
-
-    Each example holds `prompt_ids` (list of ints), `completion_ids` (K lists of ints), `scores` (K floats) and
-    optionally `ref_logps` (K floats). Lists are sorted best first (stable) and padded to the batch's `K_max` (or
-    `pad_to_num_completions`) with empty slots, exactly as [`DataCollatorForRankedPreference`] does, so `list_mask`,
-    `scores` and `ref_logps` are identical to its outputs. `max_length` truncates each `prompt + completion_k` as the
-    unshared collator does (`"keep_start"` only: `"keep_end"` cuts a different part of the prompt for each completion,
-    so the K rows share no prompt).
-
-    Returns (with `B` prompts, packed length `L`, `K = K_max`, `T` = longest completion of the batch):
-        - `input_ids` `(B, L)` long: packed tokens, `pad_token_id` after the row's end.
-        - `position_ids` `(B, L)` long: RoPE positions; each branch restarts at `P - 1`; 0 at padding.
-        - `segment_ids` `(B, L)` long: 0 for the shared prefix, `k + 1` for the branch of rank `k`, -1 for padding.
-        - `shift_labels` `(B, L)` long: the token scored from each position's hidden state, -100 where none is.
-        - `padding_mask` `(B, L)` long: 1 on real tokens (what `attention_mask.sum()` counts in the unshared batch).
-        - `completion_positions` `(K * B, T)` long: completion-major like the unshared batch (row `k * B + b` is prompt
-          `b`'s rank-`k` completion): the packed position in row `b` whose log-prob is that completion's `j`-th token;
-          0 where `completion_mask` is 0.
-        - `completion_mask` `(K * B, T)` long: 1 on the completion's tokens, left-aligned (its row sum is the
-          completion's length as the unshared `shift_completion_mask` counts it).
-        - `list_mask` `(B, K)` bool, `scores` `(B, K)` float32 and, when the examples carry them, `ref_logps` `(B, K)`
-          float32.
-
-    Example:
-    ```python
-    >>> batch = pack_shared_prompt(
-    ...     [{"prompt_ids": [1, 2], "completion_ids": [[3], [4, 5]], "scores": [0.0, 1.0]}], pad_token_id=0
-    ... )
-    >>> batch["input_ids"]  # prefix [1] | rank 1 = [2, 4] scores 4, 5 | rank 2 = [2] scores 3
-    tensor([[1, 2, 4, 2]])
-    >>> batch["segment_ids"], batch["position_ids"], batch["shift_labels"]
-    (tensor([[0, 1, 1, 2]]), tensor([[0, 1, 2, 1]]), tensor([[-100, 4, 5, 3]]))
-    >>> batch["completion_positions"], batch["completion_mask"]
-    (tensor([[1, 2], [3, 0]]), tensor([[1, 1], [1, 0]]))
-    ```
-    """
-    if truncation_mode != "keep_start" and max_length is not None:
-        raise ValueError(
-            "The shared-prompt forward supports truncation_mode='keep_start' only: 'keep_end' cuts a different part "
-            "of the prompt for each completion, so there is no shared prompt to encode once."
-        )
-    num_prompts = len(examples)
-    has_ref = "ref_logps" in examples[0]
-    k_max = max(len(example["completion_ids"]) for example in examples)
-    if pad_to_num_completions is not None:
-        if pad_to_num_completions < k_max:
-            raise ValueError(f"pad_to_num_completions={pad_to_num_completions} is smaller than a list of {k_max}")
-        k_max = pad_to_num_completions
-
-    scores = torch.zeros(num_prompts, k_max, dtype=torch.float32)
-    list_mask = torch.zeros(num_prompts, k_max, dtype=torch.bool)
-    ref_logps = torch.zeros(num_prompts, k_max, dtype=torch.float32) if has_ref else None
-    rows = []  # per prompt: (ids, positions, segments, labels)
-    spans = [[(0, 0)] * num_prompts for _ in range(k_max)]  # spans[k][b]: (start in row b, number of scored tokens)
-    for b, example in enumerate(examples):
-        prompt_ids, example_scores = list(example["prompt_ids"]), example["scores"]
-        if max_length is not None:
-            prompt_ids = prompt_ids[:max_length]
-        shared = max(len(prompt_ids) - 1, 0)  # the prefix every branch attends to
-        ids, positions = prompt_ids[:shared], list(range(shared))
-        segments, labels = [PREFIX_SEGMENT] * shared, [-100] * shared
-        order = sorted(range(len(example_scores)), key=lambda k: -example_scores[k])  # stable, best first
-        for rank, k in enumerate(order):
-            full = prompt_ids + list(example["completion_ids"][k])
-            if max_length is not None:
-                full = full[:max_length]
-            # Branch: the tokens from the last prompt token on, each scoring the next token (labels shifted here)
-            branch_ids, branch_labels = full[shared:-1], full[shared + 1 :]
-            spans[rank][b] = (len(ids), len(branch_labels))
-            ids += branch_ids
-            positions += range(shared, shared + len(branch_ids))
-            segments += [rank + 1] * len(branch_ids)
-            labels += branch_labels
-            scores[b, rank] = float(example_scores[k])
-            list_mask[b, rank] = True
-            if has_ref:
-                ref_logps[b, rank] = float(example["ref_logps"][k])
-        rows.append((ids, positions, segments, labels))
-
-    length = _round_up(max(max(len(row[0]) for row in rows), 1), pad_to_multiple_of)
-    input_ids = torch.full((num_prompts, length), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros(num_prompts, length, dtype=torch.long)
-    segment_ids = torch.full((num_prompts, length), PAD_SEGMENT, dtype=torch.long)
-    shift_labels = torch.full((num_prompts, length), -100, dtype=torch.long)
-    padding_mask = torch.zeros(num_prompts, length, dtype=torch.long)
-    for b, (ids, positions, segments, labels) in enumerate(rows):
-        n = len(ids)
-        input_ids[b, :n] = torch.tensor(ids, dtype=torch.long)
-        position_ids[b, :n] = torch.tensor(positions, dtype=torch.long)
-        segment_ids[b, :n] = torch.tensor(segments, dtype=torch.long)
-        shift_labels[b, :n] = torch.tensor(labels, dtype=torch.long)
-        padding_mask[b, :n] = 1
-
-    flat_spans = [span for rank_spans in spans for span in rank_spans]  # completion-major
-    longest = max(max(n for _, n in flat_spans), 1)
-    offsets = torch.arange(longest)
-    starts = torch.tensor([start for start, _ in flat_spans], dtype=torch.long)
-    counts = torch.tensor([n for _, n in flat_spans], dtype=torch.long)
-    completion_mask = (offsets < counts[:, None]).long()  # (K * B, T)
-    completion_positions = (starts[:, None] + offsets) * completion_mask  # (K * B, T)
-
-    output = {
-        "input_ids": input_ids,
-        "position_ids": position_ids,
-        "segment_ids": segment_ids,
-        "shift_labels": shift_labels,
-        "padding_mask": padding_mask,
-        "completion_positions": completion_positions,
-        "completion_mask": completion_mask,
-        "list_mask": list_mask,
-        "scores": scores,
-    }
-    if has_ref:
-        output["ref_logps"] = ref_logps
-    return output
-
-
-@dataclass
-class DataCollatorForSharedPromptRankedPreference(DataCollatorForRankedPreference):
-    """
-    Collates tokenised ranked lists into one packed row per prompt, for [`shared_prompt_logps`].
-
-    The shared-prompt counterpart of [`DataCollatorForRankedPreference`], with the same arguments and the same sorting,
-    `list_mask`, `scores` and `ref_logps`; the sequence tensors are those of [`pack_shared_prompt`] (which documents
-    every shape). Only `truncation_mode="keep_start"` is supported.
-
-    The arguments are [`DataCollatorForRankedPreference`]'s; `max_length` truncates each prompt + completion (its
-    end), as the unshared collator does, so both forwards score the same tokens.
-    """
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.truncation_mode == "keep_end" and self.max_length is not None:
-            raise ValueError("The shared-prompt forward supports truncation_mode='keep_start' only.")
-
-    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return pack_shared_prompt(
-            examples,
-            pad_token_id=self.pad_token_id,
-            max_length=self.max_length,
-            truncation_mode=self.truncation_mode,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            pad_to_num_completions=self.pad_to_num_completions,
-        )
 
 
 def _unwrap(model):
@@ -288,61 +125,122 @@ def shared_prompt_model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[st
     dtype = unwrapped.get_input_embeddings().weight.dtype
     segment_ids, position_ids = batch["segment_ids"], batch["position_ids"]
     mask = shared_prompt_attention_mask(segment_ids, position_ids, implementation, dtype)
+    reasons = shared_prompt_support(unwrapped)
+    if reasons:
+        raise ValueError(f"The shared-prompt forward cannot run {type(unwrapped).__name__}: {'; '.join(reasons)}.")
     layer_types = getattr(config, "layer_types", None) or []
-    if "sliding_attention" in layer_types:
-        if any(layer_type not in ("full_attention", "sliding_attention") for layer_type in layer_types):
-            raise ValueError(f"The shared-prompt forward does not support layer types {sorted(set(layer_types))}.")
-        sliding = shared_prompt_attention_mask(segment_ids, position_ids, implementation, dtype, config.sliding_window)
+    window = getattr(config, "sliding_window", None)
+    if "sliding_attention" in layer_types:  # per-layer kinds (Gemma 2/3, Qwen2 with max_window_layers)
+        sliding = shared_prompt_attention_mask(segment_ids, position_ids, implementation, dtype, window)
         mask = {"full_attention": mask, "sliding_attention": sliding}
+    elif not layer_types and window is not None:
+        # A config-level window (Mistral, Phi3): their backbones apply it to every layer through their own mask, which a
+        # 4-D mask replaces, so the window goes into ours
+        mask = shared_prompt_attention_mask(segment_ids, position_ids, implementation, dtype, window)
     return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": position_ids}
 
 
-class SharedPromptLogps(NamedTuple):
-    """What [`shared_prompt_logps`] returns. `K * B` rows are completion-major, as in the unshared batch."""
+# ------------------------------------------------------------------------------------------------- the one forward
+def shared_prompt_support(model) -> list[str]:
+    """Why the shared-prompt forward cannot run `model` exactly (empty when it can): it needs a dense 4-D mask
+    (`sdpa` or `eager` attention) and full or sliding-window attention layers (config-level or per-layer windows)."""
+    config = _unwrap(model).config.get_text_config()
+    reasons = []
+    implementation = config._attn_implementation or "eager"
+    if implementation not in _DENSE_MASK_IMPLEMENTATIONS:
+        reasons.append(f"attn_implementation={implementation!r} takes no dense 4-D mask (use 'sdpa' or 'eager')")
+    other_layers = set(getattr(config, "layer_types", None) or []) - {"full_attention", "sliding_attention"}
+    if other_layers:
+        reasons.append(f"layer types {sorted(other_layers)} (only full and sliding-window attention are supported)")
+    return reasons
+
+
+class ListwiseForward(NamedTuple):
+    """What one forward of a ranked batch gives the trainer. `K * B` rows are completion-major (row `k * B + b` is
+    prompt `b`'s rank-`k` completion), as in the unshared batch; `T` is the batch's completion length."""
 
     logps: torch.Tensor
     """`(B, K)` summed completion log-probs (0 at empty slots)."""
     per_token_logps: torch.Tensor
-    """`(K * B, T)` per-token log-probs, left-aligned, 0 outside `completion_mask`."""
+    """`(K * B, T)` per-token log-probs, 0 outside `completion_mask`."""
     completion_mask: torch.Tensor
-    """`(K * B, T)` 1 on completion tokens (the unshared `shift_completion_mask`, left-aligned)."""
+    """`(K * B, T)` 1 on scored completion tokens (TRL's `shift_completion_mask`)."""
     entropy: torch.Tensor | None
-    """`(K * B, T)` per-token entropy when the fused head computes it (else None), 0 outside `completion_mask`."""
-    outputs: Any
-    """The model's [`FusedCausalLMOutput`] over the packed rows (`(B, L)` fields)."""
+    """`(K * B, T)` per-token entropy of the policy, when its fused head computes it."""
+    mean_logits: torch.Tensor | None
+    """`(K * B, T)` mean over the vocabulary of each position's logits (TRL's `logits/*` metrics)."""
+    is_top1: torch.Tensor | None
+    """`(K * B, T)` bool: the label is the arg-max token (TRL's `mean_token_accuracy`)."""
+    aux_loss: torch.Tensor | None
+    """The MoE router auxiliary loss, when requested."""
+    num_tokens: torch.Tensor
+    """Scalar: tokens of the rows `[prompt + completion_k]` of the valid slots, as TRL's `num_tokens` counts them
+    (the same count whether or not the prompt is shared)."""
 
 
-def shared_prompt_logps(model, batch: dict[str, torch.Tensor], **model_kwargs) -> SharedPromptLogps:
+def listwise_forward(model, batch: dict[str, torch.Tensor], output_router_logits: bool = False) -> ListwiseForward:
     """
-    One forward of the packed rows of [`pack_shared_prompt`] through TRL's fused LM head.
-
-    `model` must carry `add_fused_lm_head` (added to the base model before PEFT wrapping, as `DPOTrainer` does) and
-    use `attn_implementation="sdpa"` or `"eager"`. Gradient checkpointing and PEFT adapters (LoRA and other
-    weight-level adapters; not prompt learning, whose virtual tokens the packed mask does not cover) work unchanged.
-    Extra `model_kwargs` go to the model. The MoE router auxiliary loss is refused: TRL's fused head passes the
-    `attention_mask` to `load_balancing_loss_func`, which expects 2-D padding.
+    Per-completion log-probs of a collated ranked batch through TRL's fused LM head (`fused_lm_head=True`, so the
+    full-vocabulary logits are never materialised), whichever collator built it: K rows per prompt
+    ([`DataCollatorForRankedPreference`]) or one packed row per prompt
+    ([`DataCollatorForSharedPromptRankedPreference`], recognised by its `segment_ids`). The trainer never needs to
+    know which.
 
     Args:
-        model: Causal LM with the fused LM head, possibly wrapped (PEFT, DDP).
-        batch: `input_ids`, `position_ids`, `segment_ids`, `shift_labels`, `completion_positions`, `completion_mask`
-            and `list_mask` as [`pack_shared_prompt`] returns them (on the model's device).
-
-    Returns:
-        [`SharedPromptLogps`]: `logps (B, K)`, `per_token_logps (K * B, T)`, `completion_mask (K * B, T)`,
-        `entropy (K * B, T)` or None, and the raw `outputs`. Row `k * B + b` is prompt `b`'s rank-`k` completion, so
-        `per_token_logps[:B]` are the top-ranked completions and `completion_mask.sum(1).view(K, B).T` the lengths.
+        model: The causal LM with TRL's fused head (`add_fused_lm_head`), possibly wrapped (PEFT, DDP, DeepSpeed).
+        batch: The collated batch, on the model's device.
+        output_router_logits: Ask an MoE model for its router auxiliary loss (unshared rows only).
     """
-    config = _unwrap(model).config.get_text_config()
-    if model_kwargs.get("output_router_logits") or getattr(config, "output_router_logits", False):
-        # TRL's fused head passes `attention_mask` to `load_balancing_loss_func`, which reads it as 2-D padding
-        raise ValueError("The shared-prompt forward does not support the MoE router auxiliary loss.")
+    if "segment_ids" in batch:
+        if output_router_logits:
+            # TRL's fused head passes `attention_mask` to `load_balancing_loss_func`, which reads it as 2-D padding
+            raise ValueError("The shared-prompt forward does not support the MoE router auxiliary loss.")
+        return _shared_prompt_forward(model, batch)
+
+    batch_size, num_completions = batch["list_mask"].shape
+    completion_mask = batch["completion_mask"]
+    labels = batch["input_ids"].masked_fill(completion_mask == 0, -100)
+    extra = {"output_router_logits": True} if output_router_logits else {}
+    outputs = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=labels,
+        fused_lm_head=True,
+        use_cache=False,
+        **extra,
+    )
+    shift_completion_mask = completion_mask[:, 1:]
+    seq_len = shift_completion_mask.size(1)
+
+    def real_positions(values: torch.Tensor | None) -> torch.Tensor | None:
+        # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens
+        return None if values is None else values[:, -seq_len:]
+
+    per_token_logps = real_positions(outputs.log_probs)  # (K * B, L - 1)
+    logps = per_token_logps.sum(dim=1).view(num_completions, batch_size).T  # (B, K)
+    valid_rows = batch["list_mask"].T.reshape(-1)  # (K * B,) completion-major
+    num_tokens = batch["attention_mask"].sum(dim=1)[valid_rows].sum()
+    return ListwiseForward(
+        logps=logps,
+        per_token_logps=per_token_logps,
+        completion_mask=shift_completion_mask,
+        entropy=real_positions(getattr(outputs, "entropy", None)),
+        mean_logits=real_positions(getattr(outputs, "mean_logits", None)),
+        is_top1=real_positions(getattr(outputs, "is_top1", None)),
+        aux_loss=getattr(outputs, "aux_loss", None) if output_router_logits else None,
+        num_tokens=num_tokens,
+    )
+
+
+def _shared_prompt_forward(model, batch: dict[str, torch.Tensor]) -> ListwiseForward:
+    """One forward of the packed rows of [`pack_shared_prompt`]; per-position values are unpacked to the unshared
+    `(K * B, T)` layout with `completion_positions`."""
     batch_size, num_completions = batch["list_mask"].shape
     outputs = model(
         **shared_prompt_model_inputs(model, batch),
         shift_labels=batch["shift_labels"],
         fused_lm_head=True,
         use_cache=False,
-        **model_kwargs,
     )
     completion_positions, completion_mask = batch["completion_positions"], batch["completion_mask"]
     rows = torch.arange(num_completions * batch_size, device=completion_mask.device) % batch_size  # (K * B,)
@@ -352,8 +250,46 @@ def shared_prompt_logps(model, batch: dict[str, torch.Tensor], **model_kwargs) -
         if packed is None:
             return None
         per_token = packed[rows[:, None], completion_positions]  # (K * B, T)
-        return per_token.masked_fill(~valid, 0.0)
+        return per_token.masked_fill(~valid, 0)
 
     per_token_logps = unpack(outputs.log_probs)
     logps = per_token_logps.sum(dim=1).view(num_completions, batch_size).T  # (B, K)
-    return SharedPromptLogps(logps, per_token_logps, completion_mask, unpack(outputs.entropy), outputs)
+    return ListwiseForward(
+        logps=logps,
+        per_token_logps=per_token_logps,
+        completion_mask=completion_mask,
+        entropy=unpack(getattr(outputs, "entropy", None)),
+        mean_logits=unpack(getattr(outputs, "mean_logits", None)),
+        is_top1=unpack(getattr(outputs, "is_top1", None)),
+        aux_loss=None,
+        num_tokens=batch["unshared_lengths"].sum(),
+    )
+
+
+class ReferenceForward(torch.nn.Module):
+    """
+    The listwise forward of one batch, shaped as the model call that `DPOTrainer.compute_ref_log_probs` makes.
+
+    TRL 1.16's `DPOTrainer.compute_ref_log_probs(model, inputs)` is the one place that knows how the reference is run
+    (no grad, gradient checkpointing off, the PEFT adapter disabled or the `"ref"` adapter on, autocast). It calls
+    `model(**inputs, labels=..., fused_lm_head=True).log_probs`, sums dim 1 and splits the rows into two halves. This
+    adapter is that `model` for a ranked batch: its `log_probs` are the `(K * B, 1)` completion log-probs of
+    [`listwise_forward`], so TRL's sum is the identity and concatenating its halves gives them back.
+    [`reference_inputs`] is the matching `inputs`. Tested against the unshared, shared-prompt and PEFT references
+    (tests/test_rank_dpo_trainer.py), so a change of TRL's method under it fails there.
+    """
+
+    def __init__(self, model, batch: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model, self.batch = model, batch
+
+    def forward(self, **_trl_model_kwargs) -> SimpleNamespace:
+        logps = listwise_forward(self.model, self.batch).logps  # (B, K)
+        return SimpleNamespace(log_probs=logps.T.reshape(-1, 1))  # (K * B, 1), completion-major
+
+
+def reference_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The `inputs` that go with [`ReferenceForward`]: one placeholder token per completion, no completion tokens."""
+    num_rows = batch["list_mask"].numel()
+    placeholder = torch.zeros(num_rows, 1, dtype=torch.long, device=batch["list_mask"].device)
+    return {"input_ids": placeholder, "completion_mask": placeholder}

@@ -1,20 +1,19 @@
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from trl import DPOConfig
-
-from .listwise_options import reject_pairwise_only_options, shared_prompt_field
+from .ranked_preference_config import RankedPreferenceConfig
 
 
 TEMPERATURE_MODES = ("reward_difference", "constant")
 
 
 @dataclass
-class PROConfig(DPOConfig):
+class PROConfig(RankedPreferenceConfig):
     r"""
     Configuration for [`PROTrainer`]: Preference Ranking Optimization (Song et al. 2023), reference-free.
 
-    Extends [`~trl.DPOConfig`] with only the fields below. PRO uses no reference model, so `beta` and
-    `precompute_ref_log_probs` have no effect (the latter is rejected); TRL's pairwise-only options are rejected.
+    Extends [`RankedPreferenceConfig`] (a [`~trl.DPOConfig`]) with only the fields below. PRO is reference-free:
+    `beta` has no effect and no reference model is loaded (see `RankedPreferenceConfig.reference_free`).
 
     Parameters:
         sft_weight (`float`, *optional*, defaults to `0.05`):
@@ -31,11 +30,10 @@ class PROConfig(DPOConfig):
             w ≡ 1/`temperature` for every non-tied pair.
         temperature (`float`, *optional*, defaults to `1.0`):
             τ of the constant mode; in the reward-difference mode every weight is divided by it (1.0 is the paper).
-        shared_prompt_forward (`bool`, *optional*):
-            Encode each prompt once for its K completions: one packed row, a block attention mask and per-completion
-            position ids (exact same log-probs). `None` (auto) turns it on when it removes at least half of the
-            tokens, as with TL;DR-like long prompts and short completions, where it measured 2.3x faster.
     """
+
+    trainer_name: ClassVar[str] = "PROTrainer"
+    reference_free: ClassVar[bool] = True
 
     sft_weight: float = field(default=0.05, metadata={"help": "Weight of the SFT term on the top completion."})
     scale_sft_weight_by_k: bool = field(
@@ -47,8 +45,6 @@ class PROConfig(DPOConfig):
     )
     temperature: float = field(default=1.0, metadata={"help": "Temperature τ (constant mode), or weight divisor."})
 
-    shared_prompt_forward: bool | None = shared_prompt_field()
-
     def __post_init__(self):
         super().__post_init__()
         if self.temperature_mode not in TEMPERATURE_MODES:
@@ -57,6 +53,3 @@ class PROConfig(DPOConfig):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.sft_weight < 0:
             raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
-        if self.precompute_ref_log_probs:
-            raise ValueError("PRO is reference-free: precompute_ref_log_probs must be False.")
-        reject_pairwise_only_options(self, "PROTrainer")

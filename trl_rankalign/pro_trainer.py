@@ -2,7 +2,7 @@ import textwrap
 
 from . import losses
 from .pro_config import PROConfig
-from .ranked_trainer import RankedPreferenceTrainer
+from .ranked_preference_trainer import RankedPreferenceTrainer
 
 
 class PROTrainer(RankedPreferenceTrainer):
@@ -19,7 +19,6 @@ class PROTrainer(RankedPreferenceTrainer):
     """
 
     config_class = PROConfig
-    requires_reference_model = False
     _tag_names = ["trl", "trl-rankalign", "pro"]
     _name = "PRO"
     _paper = {
@@ -38,10 +37,10 @@ class PROTrainer(RankedPreferenceTrainer):
             }"""),
     }
 
-    def ranked_loss(self, logps, per_token_logps, shift_completion_mask, inputs):
+    def ranked_loss(self, forward, inputs):
         batch_size, num_completions = inputs["list_mask"].shape
-        lengths = shift_completion_mask.sum(dim=1).view(num_completions, batch_size).T  # (B, K)
-        mean_logps = logps / lengths.clamp(min=1)  # (B, K), 0 at padded slots
+        lengths = forward.completion_mask.sum(dim=1).view(num_completions, batch_size).T  # (B, K)
+        mean_logps = forward.logps / lengths.clamp(min=1)  # (B, K), 0 at padded slots
         ranking, rewards = losses.pro_loss(
             mean_logps,
             inputs["scores"],
@@ -50,7 +49,7 @@ class PROTrainer(RankedPreferenceTrainer):
             temperature=self.args.temperature,
         )
         ranking = ranking.mean()
-        sft = self.sft_loss(per_token_logps, shift_completion_mask, batch_size)
+        sft = self.sft_loss(forward)
         weight = self.args.sft_weight
         if self.args.scale_sft_weight_by_k:  # the dataset's K, so that every batch and process weighs the same
             weight *= ((self.max_num_completions or num_completions) - 1) ** 2

@@ -24,8 +24,8 @@ from datasets import Dataset, load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 
-from .generation import sample_and_score
-from .judges import as_scorer
+from .sampling.generation import sample_and_score
+from .sampling.scorers import as_scorer
 
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@ import textwrap
 
 from . import losses
 from .rank_dpo_config import RankDPOConfig
-from .ranked_trainer import RankedPreferenceTrainer
+from .ranked_preference_trainer import RankedPreferenceTrainer
 
 
 class RankDPOTrainer(RankedPreferenceTrainer):
@@ -50,8 +50,9 @@ class RankDPOTrainer(RankedPreferenceTrainer):
             }"""),
     }
 
-    def ranked_loss(self, logps, per_token_logps, shift_completion_mask, inputs):
-        ref_logps = self.reference_logps(inputs).to(logps.device)
+    def ranked_loss(self, forward, inputs):
+        logps = forward.logps  # (B, K)
+        ref_logps = self.reference_logps(inputs).to(logps.device)  # (B, K)
         mask, scores = inputs["list_mask"], inputs["scores"]
         if self.args.rank_loss == "lipo":
             per_prompt, rewards = losses.lipo_lambda_loss(logps, ref_logps, scores, mask, self.beta)

@@ -1,7 +1,7 @@
 import textwrap
 
 from . import losses
-from .ranked_trainer import RankedPreferenceTrainer
+from .ranked_preference_trainer import RankedPreferenceTrainer
 from .rrhf_config import RRHFConfig
 
 
@@ -19,7 +19,6 @@ class RRHFTrainer(RankedPreferenceTrainer):
     """
 
     config_class = RRHFConfig
-    requires_reference_model = False
     _tag_names = ["trl", "trl-rankalign", "rrhf"]
     _name = "RRHF"
     _paper = {
@@ -35,13 +34,13 @@ class RRHFTrainer(RankedPreferenceTrainer):
             }"""),
     }
 
-    def ranked_loss(self, logps, per_token_logps, shift_completion_mask, inputs):
+    def ranked_loss(self, forward, inputs):
         batch_size, num_completions = inputs["list_mask"].shape
-        lengths = shift_completion_mask.sum(dim=1).view(num_completions, batch_size).T  # (B, K)
+        lengths = forward.completion_mask.sum(dim=1).view(num_completions, batch_size).T  # (B, K)
         ranking, rewards = losses.rrhf_loss(
-            logps, lengths, inputs["scores"], inputs["list_mask"], length_penalty=self.args.length_penalty
+            forward.logps, lengths, inputs["scores"], inputs["list_mask"], length_penalty=self.args.length_penalty
         )
         ranking = ranking.mean()
-        sft = self.sft_loss(per_token_logps, shift_completion_mask, batch_size)
+        sft = self.sft_loss(forward)
         self.log_loss_terms({"rrhf_loss": ranking, "sft_loss": sft})
         return self.args.rrhf_weight * ranking + sft, rewards

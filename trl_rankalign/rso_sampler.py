@@ -45,19 +45,16 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
 from trl import DPOTrainer
 from trl.trainer.utils import create_model_from_path, get_config_model_id
 
-from .generation import read_jsonl, sample_and_score
-from .judges import CallableScorer, RewardModelScorer, as_scorer
 from .rejection_sampling import batched_statistical_rejection_sampling, first_round_pairs, tournament_pairs
 from .rso_config import RSOConfig
+from .sampling.generation import read_jsonl, sample_and_score
+from .sampling.scorers import CallableScorer, RewardModelScorer, as_scorer
 
 
 __all__ = [
     "RSOSampler",
     "rso_sampling_stats",
     "sample_rso_dataset",
-    "tiny_prompt_dataset",
-    "tiny_reward_dataset",
-    "train_tiny_reward_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -521,67 +518,3 @@ class RSOSampler(DPOTrainer):
 
     # The sampling stage alone (no reference model, no training), also reachable from the class
     sample = staticmethod(sample_rso_dataset)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The tiny reward model (the tiny recipe's reward stage)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def tiny_prompt_dataset(split: str | None = None) -> Dataset:
-    """The distinct prompts of the shipped tiny ranked data (104 in all), first-seen order: RSO's tiny prompt set."""
-    from .tiny import tiny_ranked_dataset
-
-    return Dataset.from_dict({"prompt": list(dict.fromkeys(tiny_ranked_dataset(split)["prompt"]))})
-
-
-def tiny_reward_dataset(split: str | None = None) -> Dataset:
-    """Pairwise data for a reward model of the tiny language: every untied pair of each shipped ranked list.
-
-    Rows `{"prompt", "chosen", "rejected"}` (chosen has the higher ground-truth reward), in list order; `split` as in
-    `tiny_ranked_dataset`.
-    """
-    from .tiny import tiny_ranked_dataset
-
-    rows = []
-    for example in tiny_ranked_dataset(split):
-        completions, scores = example["completions"], example["scores"]
-        for i in range(len(scores)):
-            for j in range(i + 1, len(scores)):
-                if scores[i] != scores[j]:
-                    chosen, rejected = (i, j) if scores[i] > scores[j] else (j, i)
-                    rows.append(
-                        {"prompt": example["prompt"], "chosen": completions[chosen], "rejected": completions[rejected]}
-                    )
-    return Dataset.from_list(rows)
-
-
-def train_tiny_reward_model(output_dir: str, model: str | None = None, max_steps: int = 100, **config_kwargs) -> str:
-    """Train a tiny sequence-classification reward model with TRL's `RewardTrainer` on [`tiny_reward_dataset`].
-
-    Starts from the tiny default (`tiny_model_path()`) unless `model` is given, saves model and tokenizer to
-    `output_dir` and returns it, ready for `RSOConfig.reward_model_path`. `config_kwargs` override the `RewardConfig`
-    (on a CPU, fp32 and no gradient checkpointing are the defaults here).
-    """
-    from trl import RewardConfig, RewardTrainer
-
-    from .tiny import tiny_model_path
-
-    kwargs = dict(
-        output_dir=output_dir,
-        max_steps=max_steps,
-        per_device_train_batch_size=16,
-        learning_rate=1e-3,
-        logging_steps=10,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-    )
-    if not torch.cuda.is_available():
-        kwargs.update(bf16=False, gradient_checkpointing=False, use_cpu=True)
-    kwargs.update(config_kwargs)
-    args = RewardConfig(**kwargs)
-    trainer = RewardTrainer(model=model or tiny_model_path(), args=args, train_dataset=tiny_reward_dataset("train"))
-    trainer.train()
-    trainer.save_model(output_dir)
-    return output_dir

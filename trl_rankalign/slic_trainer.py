@@ -1,7 +1,7 @@
 import textwrap
 
 from . import losses
-from .ranked_trainer import RankedPreferenceTrainer
+from .ranked_preference_trainer import RankedPreferenceTrainer
 from .slic_config import SLiCConfig
 
 
@@ -22,7 +22,6 @@ class SLiCTrainer(RankedPreferenceTrainer):
     """
 
     config_class = SLiCConfig
-    requires_reference_model = False
     _tag_names = ["trl", "trl-rankalign", "slic-hf"]
     _name = "SLiC-HF"
     _paper = {
@@ -38,10 +37,11 @@ class SLiCTrainer(RankedPreferenceTrainer):
             }"""),
     }
 
-    def ranked_loss(self, logps, per_token_logps, shift_completion_mask, inputs):
-        batch_size = inputs["list_mask"].size(0)
-        calibration, rewards = losses.slic_hf_loss(logps, inputs["scores"], inputs["list_mask"], self.args.margin)
+    def ranked_loss(self, forward, inputs):
+        calibration, rewards = losses.slic_hf_loss(
+            forward.logps, inputs["scores"], inputs["list_mask"], self.args.margin
+        )
         calibration = calibration.mean()
-        sft = self.sft_loss(per_token_logps, shift_completion_mask, batch_size)
+        sft = self.sft_loss(forward)
         self.log_loss_terms({"slic_loss": calibration, "sft_loss": sft})
         return calibration + self.args.sft_weight * sft, rewards

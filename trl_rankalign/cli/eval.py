@@ -96,7 +96,7 @@ def add_eval_parser(subparsers) -> None:
 
 
 def _load_prompt_set(args):
-    from .answers import load_prompts
+    from ..sampling.answers import load_prompts
 
     return load_prompts(args.prompts, args.prompt_column, args.reference_column, args.split, args.limit)
 
@@ -122,7 +122,7 @@ def _write_json(data, path: str | None) -> None:
 
 
 def _generate(args) -> None:
-    from .answers import generate_answers_for_models, model_name_from_path
+    from ..sampling.answers import generate_answers_for_models, model_name_from_path
 
     names = args.name or [model_name_from_path(m) for m in args.model]
     if len(names) != len(args.model):
@@ -156,7 +156,7 @@ def add_judge_client_arguments(parser) -> None:
 
 def judge_client_from_args(args):
     """A `JudgeClient` from the options of `add_judge_client_arguments` and `--judge_base_url`."""
-    from .judge_client import JudgeClient
+    from ..sampling.llm_judge import JudgeClient
 
     if not args.judge_model:
         raise ValueError("--judge_model is required with --judge_base_url.")
@@ -172,11 +172,11 @@ def judge_client_from_args(args):
 
 
 def _win_rate(args) -> None:
-    from .win_rate import reward_win_rate
+    from ..evaluation.win_rate import reward_win_rate
 
     stats = dict(num_resamples=args.num_resamples, confidence=args.confidence, seed=args.seed)
     if args.judge_base_url:
-        from .win_rate import DEFAULT_JUDGE_SYSTEM_PROMPT, DEFAULT_PAIRWISE_TEMPLATE, llm_judge_win_rate
+        from ..evaluation.win_rate import DEFAULT_JUDGE_SYSTEM_PROMPT, DEFAULT_PAIRWISE_TEMPLATE, llm_judge_win_rate
 
         client = judge_client_from_args(args)
         template = Path(args.judge_template).read_text(encoding="utf-8") if args.judge_template else None
@@ -203,7 +203,7 @@ def _win_rate(args) -> None:
 
 
 def _text_metrics(args) -> None:
-    from .text_metrics import answers_text_metrics
+    from ..evaluation.text_metrics import answers_text_metrics
 
     result = answers_text_metrics(
         args.answers,
@@ -217,7 +217,7 @@ def _text_metrics(args) -> None:
 
 
 def _export(args) -> None:
-    from .export import to_alpaca_eval, to_mt_bench
+    from ..evaluation.export import to_alpaca_eval, to_mt_bench
 
     name = args.model_name or Path(args.answers).stem
     if args.format == "alpaca_eval":
@@ -233,7 +233,7 @@ def _export(args) -> None:
 
 
 def _plot(args) -> None:
-    from .plots import plot_training_curves
+    from ..evaluation.plots import plot_training_curves
 
     print(json.dumps(plot_training_curves(args.trainer_state, args.output_dir), indent=2))
 
@@ -249,7 +249,7 @@ _COMMANDS = {
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run the `eval` subcommand parsed into `args`. Returns 0, or 1 after printing `error: ...` for bad inputs."""
-    from .judge_client import JudgeError
+    from ..sampling.llm_judge import JudgeError
 
     try:
         _COMMANDS[args.eval_command](args)

@@ -12,10 +12,14 @@ trl-rankalign eval text-metrics --answers answers/policy.jsonl --prompts prompts
 ```
 
 A stage command parses its recipe with TRL's `TrlParser` (`--config` YAML, then command-line overrides) into the
-stage's dataclasses ([`trl_rankalign.stages.STAGES`]); an unknown key is an error. `--accelerate_config NAME`
+stage's dataclasses ([`trl_rankalign.cli.stages.STAGES`]); an unknown key is an error. `--accelerate_config NAME`
 (on the command line or as a recipe key) re-launches the same command through `accelerate launch`, as TRL's CLI
 does: NAME is a file, else `recipes/accelerate/NAME.yaml`, else one of TRL's bundled configs; other arguments that
 no dataclass knows (`--num_processes 2`, `--main_process_port ...`) go to `accelerate launch`.
+
+The recipes ship inside the package (`trl_rankalign/recipes/`, the `recipes` folder of a checkout links to it), so an
+installed wheel runs them from any folder: a `--config` path that does not exist relative to the current folder is
+looked up in the packaged recipes, as `recipes/tiny/rankdpo.yaml` or `tiny/rankdpo.yaml` ([`resolve_recipe`]).
 """
 
 import argparse
@@ -25,19 +29,75 @@ import sys
 from pathlib import Path
 
 
+# The packaged recipes (package data of the wheel; a regular directory in both a checkout and an install).
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 ACCELERATE_CONFIGS_DIR = RECIPES_DIR / "accelerate"
 # Set in the environment of the processes this CLI launches, so that they run the stage instead of launching again.
 LAUNCHED_ENV = "TRL_RANKALIGN_LAUNCHED"
 
 
+def _packaged_recipe_candidates(path: str | os.PathLike) -> list[Path]:
+    """Where a relative `path` lies in the packaged recipes: `RECIPES_DIR/...` for `recipes/...` (the spelling of a
+    checkout), else `RECIPES_DIR/path`. Absolute paths have none."""
+    given = Path(path)
+    if given.is_absolute() or not given.parts:
+        return []
+    if given.parts[0] == "recipes" and len(given.parts) > 1:
+        return [RECIPES_DIR.joinpath(*given.parts[1:])]
+    return [RECIPES_DIR / given]
+
+
+def resolve_recipe(path: str | os.PathLike) -> str:
+    """The file a recipe path names: `path` itself if it is a file (relative to the current folder), else the
+    packaged recipe it names (`recipes/tiny/rankdpo.yaml` or `tiny/rankdpo.yaml`, both in `trl_rankalign/recipes/`).
+
+    Raises `FileNotFoundError` listing every place it looked."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return str(path)
+    candidates = _packaged_recipe_candidates(given)
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    looked = [str(given.resolve())] + [str(candidate) for candidate in candidates]
+    raise FileNotFoundError(
+        f"Recipe {str(path)!r} not found; looked at: {', '.join(looked)}. The packaged recipes are in {RECIPES_DIR}."
+    )
+
+
+def _resolve_config_arg(args: list[str]) -> list[str]:
+    """`args` with the value of `--config` (the occurrence TRL's parser reads) resolved by [`resolve_recipe`]."""
+    if "--config" not in args:
+        return args
+    index = args.index("--config")
+    if index + 1 >= len(args):
+        raise ValueError("Expected a recipe path after `--config`.")
+    resolved = resolve_recipe(args[index + 1])
+    return args[: index + 1] + [resolved] + args[index + 2 :]
+
+
+def _resolve_recipe_assets(parsed: tuple) -> None:
+    """Point a recipe's `chat_template_path` (written relative to a checkout, `recipes/...`) at the packaged file when
+    it is not found relative to the current folder. Anything else (a tokenizer folder, a Hub id) is left alone."""
+    for args in parsed:
+        value = getattr(args, "chat_template_path", None)
+        if not isinstance(value, str) or not value or Path(value).exists():
+            continue
+        for candidate in _packaged_recipe_candidates(value):
+            if candidate.is_file():
+                args.chat_template_path = str(candidate)
+                break
+
+
 def resolve_accelerate_config(name: str) -> str:
-    """A path to an accelerate config file: `name` itself if it is a file, else `recipes/accelerate/<name>.yaml`,
-    else TRL's bundled `trl/accelerate_configs/<name>.yaml`."""
+    """A path to an accelerate config file: `name` itself if it is a file, else the packaged
+    `recipes/accelerate/<name>.yaml` (or the packaged recipe `name` names, e.g. `recipes/accelerate/zero3.yaml` run
+    outside a checkout), else TRL's bundled `trl/accelerate_configs/<name>.yaml`."""
     if Path(name).is_file():
         return str(name)
     for candidate in (
         ACCELERATE_CONFIGS_DIR / f"{name}.yaml",
+        *(_packaged_recipe_candidates(name) if name.endswith((".yaml", ".yml")) else []),
         resources.files("trl.accelerate_configs") / f"{name}.yaml",
     ):
         if candidate.is_file():
@@ -97,7 +157,7 @@ def parse_stage_args(stage: str, args: list[str]) -> tuple:
     """
     parser = make_parser(stage)
     *parsed, config_remaining, cli_remaining = parser.parse_args_and_config(
-        args, return_remaining_strings=True, separate_remaining_strings=True
+        _resolve_config_arg(list(args)), return_remaining_strings=True, separate_remaining_strings=True
     )
     config_remaining, _ = _pop_option(config_remaining, "--accelerate_config")
     cli_remaining, _ = _pop_option(cli_remaining, "--accelerate_config")
@@ -105,6 +165,7 @@ def parse_stage_args(stage: str, args: list[str]) -> tuple:
         raise ValueError(f"Unknown keys in the recipe of `{stage}`: {config_remaining[::2]}")
     if cli_remaining:
         raise ValueError(f"Unknown arguments of `{stage}`: {cli_remaining}")
+    _resolve_recipe_assets(tuple(parsed))
     return tuple(parsed)
 
 
@@ -126,6 +187,7 @@ def launch_stage(stage: str, args: list[str], launch_args: list[str], config_fil
 def run_stage(stage: str, args: list[str]) -> int:
     from .stages import STAGES
 
+    args = _resolve_config_arg(list(args))  # the launched processes get the resolved recipe path too
     if not _under_launcher():
         # As TRL's CLI: arguments that no dataclass knows are `accelerate launch` arguments.
         parser = make_parser(stage)
@@ -160,12 +222,12 @@ def _build_parser():
     demo.add_argument("--output_dir", default="outputs/demo")
     demo.add_argument("--force", action="store_true", help="Rerun finished stages too")
     try:  # registration point of the evaluation command (trl_rankalign/evaluation/cli.py)
-        from .evaluation.cli import add_eval_parser
+        from .eval import add_eval_parser
     except ImportError:
         add_eval_parser = None
     if add_eval_parser is not None:
         add_eval_parser(commands)
-    from .ranking_cli import add_rank_parser
+    from .rank import add_rank_parser
 
     add_rank_parser(commands)
     return parser
@@ -186,21 +248,24 @@ def main(argv: list[str] | None = None) -> int:
         from .pipeline import run_pipeline
 
         if args.command == "demo":
-            config = RECIPES_DIR / "tiny" / "pipeline.yaml"
+            config = RECIPES_DIR / "tiny" / "pipeline.yaml"  # packaged: the demo never depends on the current folder
             if not config.is_file():
-                raise FileNotFoundError(f"{config} not found: `demo` runs the tiny recipes of a source checkout.")
+                raise FileNotFoundError(f"{config} not found: the package was installed without its recipes.")
             run_pipeline(str(config), output_dir=args.output_dir, force=args.force)
         else:
             run_pipeline(
-                args.config, output_dir=args.output_dir, accelerate_config=args.accelerate_config, force=args.force
+                resolve_recipe(args.config),
+                output_dir=args.output_dir,
+                accelerate_config=args.accelerate_config,
+                force=args.force,
             )
         return 0
     if args.command == "eval":
-        from .evaluation.cli import run_eval
+        from .eval import run_eval
 
         return run_eval(args) or 0
     if args.command == "rank":
-        from .ranking_cli import run_rank
+        from .rank import run_rank
 
         return run_rank(args)
     parser.error(f"unknown command {args.command!r}")

@@ -7,7 +7,7 @@ accelerate_config: null           # optional: launch every stage with it (a stag
 stages:
   - name: sft
     stage: sft                    # a `trl-rankalign` stage
-    config: sft.yaml              # its recipe, relative to this file
+    config: sft.yaml              # its recipe: beside this file, else in the current folder or the packaged recipes
   - name: reward
     stage: reward
     config: reward.yaml
@@ -24,7 +24,7 @@ Each stage runs as its own process (`python -m trl_rankalign STAGE --config <out
 through `accelerate launch` when an accelerate config is set), so a stage's memory is freed before the next starts.
 The recipe actually run (the stage's YAML with `output_dir`, `inputs` and `overrides` applied) is saved as
 `rankalign_recipe.yaml` in the stage's output_dir. A stage is skipped on a rerun when its output_dir holds a saved
-model and the completion marker the stage writes when it ends ([`trl_rankalign.stages.MARKER_FILE`]), and its saved
+model and the completion marker the stage writes when it ends ([`trl_rankalign.cli.stages.MARKER_FILE`]), and its saved
 recipe equals the one it would run now; `force=True` reruns everything.
 """
 
@@ -35,12 +35,33 @@ from pathlib import Path
 
 import yaml
 
-from .stages import MARKER_FILE, STAGES, is_finished, print_summary
+from .stage_runner import MARKER_FILE, is_finished, print_summary
+from .stages import STAGES
 
 
 RECIPE_FILE = "rankalign_recipe.yaml"
 _STAGE_KEYS = {"name", "stage", "config", "inputs", "overrides", "accelerate_config"}
 _PIPELINE_KEYS = {"output_dir", "accelerate_config", "stages"}
+
+
+def _resolve_stage_config(config: str, pipeline_path: Path, where: str) -> str:
+    """A stage's `config:` as an absolute path: relative to the pipeline file first (so a packaged pipeline finds its
+    packaged recipes), else as [`trl_rankalign.cli.main.resolve_recipe`] does (the current folder, then the packaged
+    recipes, as `recipes/tiny/sft.yaml` or `tiny/sft.yaml`)."""
+    from .main import resolve_recipe
+
+    recipe = Path(config).expanduser()
+    if recipe.is_absolute():
+        if not recipe.is_file():
+            raise FileNotFoundError(f"{where}: recipe {recipe} not found.")
+        return str(recipe)
+    beside = (pipeline_path.parent / recipe).resolve()
+    if beside.is_file():
+        return str(beside)
+    try:
+        return str(Path(resolve_recipe(recipe)).resolve())
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{where}: recipe {config!r} not found; looked at {beside}, then: {error}") from None
 
 
 def load_pipeline(config_path: str) -> dict:
@@ -70,10 +91,7 @@ def load_pipeline(config_path: str) -> dict:
         for key, source in (stage.get("inputs") or {}).items():
             if source not in names:
                 raise ValueError(f"{where}: input {key}: {source!r} is not an earlier stage ({names}).")
-        recipe = Path(stage["config"])
-        stage["config"] = str(recipe if recipe.is_absolute() else (path.parent / recipe).resolve())
-        if not Path(stage["config"]).is_file():
-            raise FileNotFoundError(f"{where}: recipe {stage['config']} not found.")
+        stage["config"] = _resolve_stage_config(stage["config"], path, where)
         names.append(stage["name"])
     return spec
 

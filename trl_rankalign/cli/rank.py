@@ -1,9 +1,9 @@
-"""`trl-rankalign rank`: score K candidates per prompt into a ranked dataset ([`trl_rankalign.ranking`]).
+"""`trl-rankalign rank`: score K candidates per prompt into a ranked dataset ([`trl_rankalign.sampling.rank`]).
 
 ```
 trl-rankalign rank --input ranked_candidates.jsonl --output_dir ranked/ --reward_model RM_PATH
 trl-rankalign rank --input prompts.jsonl --policy sft/ --policy dpo/ --num_samples 4 --output_dir ranked/ \\
-    --reward_fn trl_rankalign.tiny_language:reward_fn
+    --reward_fn trl_rankalign.tiny.language:reward_fn
 trl-rankalign rank --input prompts.jsonl --policy sft/ --num_samples 4 --output_dir ranked/ \\
     --judge_base_url http://localhost:8000/v1 --judge_model M --judge_mode pairwise --judge_rps 5
 ```
@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from .evaluation.cli import _import_callable, _opt, add_judge_client_arguments, judge_client_from_args
+from .eval import _import_callable, _opt, add_judge_client_arguments, judge_client_from_args
 
 
 __all__ = ["add_rank_parser", "run_rank"]
@@ -50,7 +50,7 @@ def add_rank_parser(subparsers) -> argparse.ArgumentParser:
          help="rating: per-aspect 1-5 ratings, score = mean; pairwise: both orders, Bradley-Terry scores")  # fmt: skip
     _opt(rank, "aspects", nargs="+", default=None, help="rating aspects (default: UltraFeedback's four)")
     _opt(rank, "rubric", help="JSON file {aspect: rubric} (its keys are the aspects unless --aspects is given)")
-    _opt(rank, "judge_template", help="file with the user template (see trl_rankalign.ranking for its fields)")
+    _opt(rank, "judge_template", help="file with the user template (see trl_rankalign.sampling.rank for its fields)")
     _opt(rank, "judge_system_prompt", help="file with the judge's system prompt")
     _opt(rank, "bt_prior", type=float, default=0.1, help="pairwise: virtual ties per pair in the Bradley-Terry fit")
     rank.set_defaults(func=run_rank)
@@ -62,7 +62,7 @@ def _read(path: str | None) -> str | None:
 
 
 def _aspects(args):
-    from .ranking import DEFAULT_ASPECTS
+    from ..sampling.rank import DEFAULT_ASPECTS
 
     if not args.rubric:
         return args.aspects or DEFAULT_ASPECTS
@@ -73,7 +73,7 @@ def _aspects(args):
 
 
 def _rank(args) -> None:
-    from .ranking import rank_candidates
+    from ..sampling.rank import rank_candidates
 
     judge, reward = None, None
     if args.judge_base_url:
@@ -108,7 +108,7 @@ def _rank(args) -> None:
 
 def run_rank(args: argparse.Namespace) -> int:
     """Run `rank` parsed into `args`. Returns 0, or 1 after printing `error: ...` for bad inputs or a failing judge."""
-    from .evaluation.judge_client import JudgeError
+    from ..sampling.llm_judge import JudgeError
 
     try:
         _rank(args)

@@ -1,9 +1,12 @@
-"""Ranked-preference data: schema and validation, converters from public datasets, the K-completion collator."""
+"""Ranked-preference data: schema and validation, converters from public datasets and adapters to pairwise/SFT/prompt
+rows, translation data, the K-completion collator and the shared-prompt packing collator."""
 
-from .collator import DataCollatorForRankedPreference
+from .adapters import prompts_of, ranked_to_pairwise, to_sft
+from .collator import DataCollatorForRankedPreference, row_ref_logps
 from .converters import (
     CONVERTERS,
     convert,
+    from_alma_r,
     from_hh_rlhf,
     from_pairwise,
     from_ranked,
@@ -18,8 +21,10 @@ from .schema import (
     is_pairwise,
     is_ranked,
     rank_order,
+    require_non_empty,
     validate_ranked_dataset,
     validate_ranked_example,
+    validate_tokenized_example,
 )
 
 
@@ -27,7 +32,11 @@ __all__ = [
     "CONVERTERS",
     "DataCollatorForRankedPreference",
     "convert",
+    "from_alma_r",
     "from_hh_rlhf",
+    "prompts_of",
+    "ranked_to_pairwise",
+    "to_sft",
     "from_pairwise",
     "from_ranked",
     "from_summarize_from_feedback",
@@ -39,6 +48,9 @@ __all__ = [
     "is_pairwise",
     "is_ranked",
     "rank_order",
+    "require_non_empty",
+    "row_ref_logps",
     "validate_ranked_dataset",
     "validate_ranked_example",
+    "validate_tokenized_example",
 ]

@@ -7,13 +7,33 @@ import torch
 from transformers.data.data_collator import DataCollatorMixin
 
 
+def has_ref_logps(example: dict[str, Any]) -> bool:
+    """Whether a row carries reference log-probs: this package's `ref_logps` or TRL's precomputed columns."""
+    return "ref_logps" in example or "ref_chosen_logps" in example
+
+
+def row_ref_logps(example: dict[str, Any]) -> list[float]:
+    """The K reference log-probs of a row, in the row's completion order.
+
+    Either the row's `ref_logps` (K floats), or TRL's precomputed columns as `DPOTrainer._precompute_ref_logps`
+    stores them for a ranked batch: `ref_chosen_logps` (the top completion) and `ref_rejected_logps` (the others, padded
+    to the dataset's longest list). Those are in rank order, which is the row's order: the trainer stores every list
+    sorted best first.
+    """
+    if "ref_logps" in example:
+        return list(example["ref_logps"])
+    num_completions = len(example["completion_ids"])
+    return [example["ref_chosen_logps"], *list(example["ref_rejected_logps"])[: num_completions - 1]]
+
+
 @dataclass
 class DataCollatorForRankedPreference(DataCollatorMixin):
     """
     Collates tokenised ranked lists into one padded batch of ``K_max * B`` sequences.
 
     Each example holds ``prompt_ids`` (list of ints), ``completion_ids`` (K lists of ints), ``scores`` (K floats) and
-    optionally ``ref_logps`` (K floats). Each list is sorted by score, best first (stable, so tied completions keep
+    optionally reference log-probs (``ref_logps``, K floats, or TRL's precomputed ``ref_chosen_logps`` /
+    ``ref_rejected_logps``: see [`row_ref_logps`]). Each list is sorted by score, best first (stable, so tied completions keep
     their order), then padded to the batch's ``K_max`` with empty slots, and the branches are stacked
     completion-major: rows ``[k=0 of every prompt; k=1 of every prompt; ...]``, so per-sequence values
     ``(K_max * B,)`` reshape with ``values.view(K_max, B).T`` to ``(B, K_max)``. An empty slot is a single pad token
@@ -66,7 +86,7 @@ class DataCollatorForRankedPreference(DataCollatorMixin):
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         num_prompts = len(examples)
-        has_ref = "ref_logps" in examples[0]
+        has_ref = has_ref_logps(examples[0])
         k_max = max(len(example["completion_ids"]) for example in examples)
         if self.pad_to_num_completions is not None:
             if self.pad_to_num_completions < k_max:
@@ -82,6 +102,7 @@ class DataCollatorForRankedPreference(DataCollatorMixin):
         sequences = [[([self.pad_token_id], [0])] * num_prompts for _ in range(k_max)]
         for b, example in enumerate(examples):
             prompt_ids, example_scores = example["prompt_ids"], example["scores"]
+            example_ref_logps = row_ref_logps(example) if has_ref else None
             order = sorted(range(len(example_scores)), key=lambda k: -example_scores[k])  # stable, best first
             for rank, k in enumerate(order):
                 completion_ids = example["completion_ids"][k]
@@ -92,7 +113,7 @@ class DataCollatorForRankedPreference(DataCollatorMixin):
                 scores[b, rank] = float(example_scores[k])
                 list_mask[b, rank] = True
                 if has_ref:
-                    ref_logps[b, rank] = float(example["ref_logps"][k])
+                    ref_logps[b, rank] = float(example_ref_logps[k])
 
         rows = [row for rank_rows in sequences for row in rank_rows]  # completion-major
         if self.max_length is not None:

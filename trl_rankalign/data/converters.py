@@ -191,7 +191,8 @@ def _pairwise_parts(example: Mapping, index: int, explicit: bool) -> tuple[Any, 
 def from_pairwise(dataset: AnyDataset) -> AnyDataset:
     """TRL pairwise preference rows to K=2 ranked rows with scores ``[1.0, 0.0]`` (chosen first).
 
-    Source schema (TRL's preference format, standard or conversational; extra columns are dropped):
+    Source schema (TRL's preference format, standard or conversational). Every other column (`tools`,
+    `chat_template_kwargs`, ...) is kept, so the trainer tokenises the prompt with it as TRL's DPO does:
 
     ```python
     # explicit prompt
@@ -209,7 +210,7 @@ def from_pairwise(dataset: AnyDataset) -> AnyDataset:
     >>> ranked = from_pairwise(dataset)
     ```
 
-    Output: ``{"prompt": prompt, "completions": [chosen, rejected], "scores": [1.0, 0.0]}``.
+    Output: ``{"prompt": prompt, "completions": [chosen, rejected], "scores": [1.0, 0.0], **other columns}``.
     """
     columns = _require_columns(dataset, ("chosen", "rejected"), "from_pairwise")
     explicit = "prompt" in columns
@@ -219,7 +220,7 @@ def from_pairwise(dataset: AnyDataset) -> AnyDataset:
         row = {"prompt": prompt, "completions": [chosen, rejected], "scores": [1.0, 0.0]}
         return _validated(row, index, "completions[0] <- 'chosen', completions[1] <- 'rejected'")
 
-    return _map_rows(dataset, convert_row, columns)
+    return dataset.map(convert_row, with_indices=True, remove_columns=["chosen", "rejected"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ Each module has one job; import what you need from here:
 - `cli`: `trl-rankalign eval ...`.
 """
 
-from .answers import (
+from ..sampling.answers import (
     answer_text,
     generate_answers,
     generate_answers_for_models,
@@ -21,8 +21,7 @@ from .answers import (
     model_name_from_path,
     prompt_text,
 )
-from .export import to_alpaca_eval, to_mt_bench
-from .judge_client import (
+from ..sampling.llm_judge import (
     JudgeClient,
     JudgeError,
     JudgeRequestError,
@@ -32,6 +31,7 @@ from .judge_client import (
     parse_pairwise_verdict,
     parse_rating,
 )
+from .export import to_alpaca_eval, to_mt_bench
 from .text_metrics import answers_text_metrics, compute_text_metrics
 from .win_rate import (
     DEFAULT_JUDGE_SYSTEM_PROMPT,

@@ -81,7 +81,7 @@ def comet_score(
 def answers_comet_score(answers, prompts: Sequence[dict], model: str = DEFAULT_COMET_MODEL, **kwargs) -> dict:
     """[`comet_score`] of an answers file (or rows) against a prompt set with `source` and `reference` columns,
     joined by index as `eval text-metrics` does (the first answer of each prompt is scored)."""
-    from .answers import answer_text, load_answers
+    from ..sampling.answers import answer_text, load_answers
 
     rows = load_answers(answers)
     sources, hypotheses, references = [], [], []

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from .answers import answer_text, load_answers, prompt_text
+from ..sampling.answers import answer_text, load_answers, prompt_text
 
 
 __all__ = ["to_alpaca_eval", "to_mt_bench"]

@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .answers import answer_text, load_answers
+from ..sampling.answers import answer_text, load_answers
 
 
 __all__ = ["METRICS", "answers_text_metrics", "compute_text_metrics"]

@@ -1,6 +1,6 @@
 """Pairwise win rate of a model against a baseline, judged by a reward model or an LLM, with a bootstrap CI.
 
-Both sides are answers files (or rows) from [`trl_rankalign.evaluation.answers`], aligned by prompt index; the first
+Both sides are answers files (or rows) from [`trl_rankalign.sampling.answers`], aligned by prompt index; the first
 answer of each prompt is compared. Per prompt the outcome is a win (1), a tie (0.5) or a loss (0) for the model, and
 the win rate is `(wins + 0.5 * ties) / n` over the prompts that were judged. Prompts whose verdict could not be
 parsed are reported as `errors` and left out of `n`: garbage is never a win.
@@ -24,10 +24,16 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..generation import read_jsonl
-from ..judges import as_scorer
-from .answers import answer_text, load_answers, prompt_text
-from .judge_client import JudgeClient, VerdictParseError, parse_pairwise_verdict
+from ..sampling.answers import answer_text, load_answers, prompt_text
+from ..sampling.generation import read_jsonl
+from ..sampling.llm_judge import (
+    DEFAULT_JUDGE_SYSTEM_PROMPT,
+    DEFAULT_PAIRWISE_TEMPLATE,
+    JudgeClient,
+    VerdictParseError,
+    parse_pairwise_verdict,
+)
+from ..sampling.scorers import as_scorer
 
 
 __all__ = [
@@ -39,20 +45,6 @@ __all__ = [
     "llm_judge_win_rate",
     "reward_win_rate",
 ]
-
-DEFAULT_JUDGE_SYSTEM_PROMPT = (
-    "You are a fair and careful judge of AI assistants. Compare two answers to the same user question and decide "
-    "which one is better: more helpful, relevant, accurate, detailed where it matters, and harmless. The order in "
-    "which the answers appear and their length must not influence you, and neither must the assistants' names. "
-    "Explain your reasoning briefly, then give your final verdict on the last line in exactly this format: "
-    '"[[A]]" if assistant A is better, "[[B]]" if assistant B is better, "[[C]]" for a tie.'
-)
-
-DEFAULT_PAIRWISE_TEMPLATE = (
-    "[User Question]\n{question}\n\n"
-    "[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n"
-    "[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
-)
 
 _OUTCOME = {1.0: "win", 0.5: "tie", 0.0: "loss"}
 
@@ -179,7 +171,7 @@ def reward_win_rate(
 
     Args:
         reward: a sequence-classification checkpoint path, a loaded reward model (with `tokenizer`) or a callable
-            `(prompts, completions) -> rewards`; anything [`trl_rankalign.judges.as_scorer`] accepts (extra
+            `(prompts, completions) -> rewards`; anything [`trl_rankalign.sampling.scorers.as_scorer`] accepts (extra
             `scorer_kwargs` such as `batch_size` go to it).
     """
     model_rows, baseline_rows = _aligned(model_answers, baseline_answers)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from trl.data_utils import is_conversational
 
-from .judges import check_rewards
+from .scorers import check_rewards
 
 
 def _prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> str:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 
 __all__ = [
+    "DEFAULT_JUDGE_SYSTEM_PROMPT",
+    "DEFAULT_PAIRWISE_TEMPLATE",
     "JudgeClient",
     "JudgeError",
     "JudgeRequestError",
@@ -29,6 +31,21 @@ __all__ = [
     "parse_pairwise_verdict",
     "parse_rating",
 ]
+
+# The pairwise prompt of the win rate and of `rank`'s pairwise mode (MT-Bench's judge prompt, shortened)
+DEFAULT_JUDGE_SYSTEM_PROMPT = (
+    "You are a fair and careful judge of AI assistants. Compare two answers to the same user question and decide "
+    "which one is better: more helpful, relevant, accurate, detailed where it matters, and harmless. The order in "
+    "which the answers appear and their length must not influence you, and neither must the assistants' names. "
+    "Explain your reasoning briefly, then give your final verdict on the last line in exactly this format: "
+    '"[[A]]" if assistant A is better, "[[B]]" if assistant B is better, "[[C]]" for a tie.'
+)
+
+DEFAULT_PAIRWISE_TEMPLATE = (
+    "[User Question]\n{question}\n\n"
+    "[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
+)
 
 _RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 

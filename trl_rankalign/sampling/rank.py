@@ -1,12 +1,12 @@
 """The `rank` stage: K candidates per prompt, scored, written as a ranked dataset in this package's schema.
 
 Candidates are given (a `completions` column) or generated from one or more policies
-([`trl_rankalign.evaluation.answers.generate_answers`], i.e. [`trl_rankalign.generation.sample_and_score`]:
+([`trl_rankalign.sampling.answers.generate_answers`], i.e. [`trl_rankalign.sampling.generation.sample_and_score`]:
 batched, resumable). They are scored by exactly one of:
 
-- a reward: a sequence-classification checkpoint, a loaded one wrapped with [`trl_rankalign.judges.as_scorer`], or a
+- a reward: a sequence-classification checkpoint, a loaded one wrapped with [`trl_rankalign.sampling.scorers.as_scorer`], or a
   Python callable `(prompts, completions) -> rewards`;
-- an LLM judge ([`trl_rankalign.evaluation.judge_client.JudgeClient`]) in one of two modes:
+- an LLM judge ([`trl_rankalign.sampling.llm_judge.JudgeClient`]) in one of two modes:
   - `"rating"` (UltraFeedback style): one request per candidate asking for a JSON object of 1-5 ratings, one per
     aspect (default: helpfulness, honesty, instruction_following, truthfulness, each with a short rubric); the
     candidate's score is the mean of its aspect ratings;
@@ -46,12 +46,19 @@ import numpy as np
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from .data.schema import validate_ranked_example
-from .evaluation.answers import answer_text, generate_answers, load_prompts, model_name_from_path, prompt_text
-from .evaluation.judge_client import JudgeClient, VerdictParseError, parse_aspect_ratings, parse_pairwise_verdict
-from .evaluation.win_rate import DEFAULT_JUDGE_SYSTEM_PROMPT, DEFAULT_PAIRWISE_TEMPLATE
+from ..data.schema import validate_ranked_example
+from .answers import generate_answers, model_name_from_path
 from .generation import read_jsonl
-from .judges import as_scorer
+from .llm_judge import (
+    DEFAULT_JUDGE_SYSTEM_PROMPT,
+    DEFAULT_PAIRWISE_TEMPLATE,
+    JudgeClient,
+    VerdictParseError,
+    parse_aspect_ratings,
+    parse_pairwise_verdict,
+)
+from .prompts import answer_text, load_prompts, prompt_text
+from .scorers import as_scorer
 
 
 __all__ = [
@@ -308,7 +315,7 @@ def rank_candidates(
         policies: checkpoints (paths / hub ids) or `(model, tokenizer)` pairs to sample candidates from.
         num_samples: K, the candidates per prompt in total, split between the policies ([`split_num_samples`]).
         reward: a reward model path, a callable `(prompts, completions) -> rewards`, or a scorer from
-            [`trl_rankalign.judges.as_scorer`] (e.g. for a loaded reward model). Exclusive with `judge`.
+            [`trl_rankalign.sampling.scorers.as_scorer`] (e.g. for a loaded reward model). Exclusive with `judge`.
         judge: an LLM judge client; `judge_mode` is `"rating"` or `"pairwise"` (module docstring).
         aspects: rating mode: `{name: rubric}`, or names (default rubrics for the known ones).
         template, system_prompt: the judge's user template and system prompt; default

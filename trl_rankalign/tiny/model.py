@@ -18,7 +18,7 @@ The embedded default: a tiny causal LM and its tokenizer, built locally from tex
 What is built:
 
 - a byte-level BPE tokenizer trained on `assets/tiny_corpus.txt`, the text of the tiny review language
-  ([`trl_rankalign.tiny_language`]): 256 byte symbols, 4 special tokens `<|pad|>`, `<|endoftext|>` (EOS),
+  ([`trl_rankalign.tiny.language`]): 256 byte symbols, 4 special tokens `<|pad|>`, `<|endoftext|>` (EOS),
   `<|im_start|>`, `<|im_end|>`, and merges, up to 1024 tokens (707 with the shipped corpus, whose small vocabulary
   is exhausted before 1024: every word of the language is then a single token); a ChatML chat template with
   `{% generation %}` markers around assistant turns, prefix-preserving as TRL requires;
@@ -59,15 +59,13 @@ __all__ = [
     "build_tiny_tokenizer",
     "load_tiny",
     "tiny_model_path",
-    "tiny_ranked_dataset",
-    "tiny_sft_dataset",
 ]
 
 # Bump when anything that changes the built tokenizer or model changes (sizes, template, special tokens, init): it is
 # part of the cache key, so stale cached models are never reused.
 TINY_BUILDER_VERSION = "1"
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"  # trl_rankalign/tiny/assets
 CORPUS_PATH = ASSETS_DIR / "tiny_corpus.txt"
 RANKED_PATH = ASSETS_DIR / "tiny_ranked.jsonl"
 SFT_PATH = ASSETS_DIR / "tiny_sft.jsonl"
@@ -281,54 +279,3 @@ def load_tiny(arch: str = "qwen2", seed: int = 0) -> tuple[PreTrainedModel, PreT
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _split_rows(rows: list[dict], split: str | None, test_size: int) -> list[dict]:
-    if split is None:
-        return rows
-    if split == "train":
-        return rows[:-test_size]
-    if split == "test":
-        return rows[-test_size:]
-    raise ValueError(f"Unknown split {split!r}; expected None, 'train' or 'test'.")
-
-
-def tiny_ranked_dataset(split: str | None = None, test_size: int = 30):
-    """
-    The shipped ranked-preference data of the tiny review language (300 rows).
-
-    Each row is `{"prompt": str, "completions": list[str], "scores": list[float]}` with K in 2..6 completions,
-    `scores[k]` the ground-truth reward ([`trl_rankalign.tiny_language.true_reward`]) of `completions[k]`; many lists
-    contain ties, none is fully tied.
-
-    Args:
-        split (`str`, *optional*):
-            `None` for all rows, `"train"` for all but the last `test_size` rows, `"test"` for the last `test_size`.
-        test_size (`int`, *optional*, defaults to `30`):
-            Number of held-out rows.
-
-    Returns:
-        [`~datasets.Dataset`]
-    """
-    from datasets import Dataset
-
-    return Dataset.from_list(_split_rows(_read_jsonl(RANKED_PATH), split, test_size))
-
-
-def tiny_sft_dataset(split: str | None = None, test_size: int = 30):
-    """
-    The shipped prompt-completion SFT data of the tiny review language (300 rows of mildly positive reviews).
-
-    Each row is `{"prompt": str, "completion": str}`; `split` and `test_size` as in [`tiny_ranked_dataset`].
-
-    Returns:
-        [`~datasets.Dataset`]
-    """
-    from datasets import Dataset
-
-    return Dataset.from_list(_split_rows(_read_jsonl(SFT_PATH), split, test_size))
