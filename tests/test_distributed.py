@@ -148,3 +148,16 @@ def test_deepspeed_cpu(tmp_path, zero):
     assert summary["zero_stage"] == int(zero[-1])
     assert summary["global_step"] == 2 and summary["first_loss"] > 0
     assert (tmp_path / "out" / "model.safetensors").is_file()  # ZeRO-3: gathered with zero3_save_16bit_model
+
+
+def test_iterate_two_processes(tmp_path):
+    """`iterate` under `accelerate launch` with 2 gloo processes: the sampling is sharded and gathered (every prompt
+    of every round sampled once), scoring too, and both rounds train."""
+    output = tmp_path / "iterate"
+    summary = _launch("iterate", TINY / "iterate.yaml", output, "cpu2", "--max_steps", "2")
+    rounds = [json.loads(line) for line in (output / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1]
+    for index, r in enumerate(rounds):
+        samples = [json.loads(line) for line in (output / f"round_{index}" / "samples.jsonl").read_text().splitlines()]
+        assert sorted(row["index"] for row in samples) == list(range(summary["prompts"]))
+        assert r["samples"] == 4 * summary["prompts"] and r["lists"] > 0

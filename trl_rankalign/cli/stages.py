@@ -81,6 +81,11 @@ STAGES: dict[str, Stage] = {
         "trl:RLOOConfig",
         script_args="trl_rankalign.cli.stage_args:RewardScriptArguments",
     ),
+    "iterate": Stage(
+        "Online listwise: rounds of sample K from the current policy -> score -> RankDPO/LiPO/PRO/DPO (train_iterative)",
+        "trl_rankalign.cli.stages:run_iterate",
+        "trl_rankalign.iterative:IterativeConfig",
+    ),
     # `rank` (score candidates into a ranked dataset) is a plain command of the CLI, not a stage.
 }
 
@@ -304,4 +309,53 @@ def run_raft(script_args, training_args, model_args, dataset_args) -> dict:
     if PartialState().is_main_process:
         print_summary(summary)
         Path(output, MARKER_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_iterate(script_args, training_args, model_args, dataset_args) -> dict:
+    """Online listwise training ([`trl_rankalign.iterative.train_iterative`]) on the distinct prompts of the recipe's
+    data, rewarded by `reward_model_path` or `reward_function`; per-round metrics join the summary."""
+    from accelerate import PartialState
+    from trl import get_peft_config, get_quantization_config
+
+    from ..iterative import ROUNDS_FILE, train_iterative
+
+    started = time.time()
+    training_args.reward_model_path = unset(training_args.reward_model_path)
+    training_args.reward_function = unset(training_args.reward_function)
+    if bool(training_args.reward_model_path) == bool(training_args.reward_function):
+        raise ValueError("The iterate stage needs exactly one reward: `reward_model_path` or `reward_function`.")
+    if training_args.reward_function:
+        reward = import_callable(training_args.reward_function, "reward_function")
+    else:
+        reward = resolve_model_path(training_args.reward_model_path)
+    model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
+    model_init_kwargs(training_args, model_args)
+    _quantized_model_init(training_args, get_quantization_config(model_args))
+    dataset = load_stage_dataset(script_args, dataset_args)
+    prompts = prompts_of(dataset[script_args.dataset_train_split])["prompt"]
+    train_iterative(
+        model_args.model_name_or_path, prompts, training_args, reward=reward, peft_config=get_peft_config(model_args)
+    )
+    output = Path(training_args.output_dir)
+    rounds = [json.loads(line) for line in (output / ROUNDS_FILE).read_text().splitlines() if line.strip()]
+    summary = {
+        "stage": "iterate",
+        "model_name_or_path": model_args.model_name_or_path,
+        "output_dir": str(output.resolve()),
+        "method": training_args.method,
+        "select": training_args.select,
+        "prompts": len(prompts),
+        "num_rounds": training_args.num_rounds,
+        "mean_reward_per_round": [r["mean_reward"] for r in rounds],
+        "kl_to_sft_per_round": [r.get("kl_to_sft") for r in rounds],
+        "lists_per_round": [r["lists"] for r in rounds],
+        "seconds": round(time.time() - started, 1),
+    }
+    state = PartialState()
+    if state.is_main_process:
+        print_summary(summary)
+        Path(output, MARKER_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    state.wait_for_everyone()
+    state.destroy_process_group()  # as `trainer.end()` does for the other stages (no-op with one process)
     return summary
