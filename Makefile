@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,eval,wandb
+EXTRAS ?= dev,eval,wandb,harness
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Nothing in the demo or the tests needs a model hub; keep it that way (and skip telemetry pings).

@@ -211,7 +211,8 @@ def combine_orders(first: str | None, second: str | None) -> tuple[str, float | 
     return _OUTCOME[score], score
 
 
-def _judge_once(client: JudgeClient, system_prompt: str | None, template: str, question, a, b) -> tuple:
+def judge_pair(client: JudgeClient, system_prompt: str | None, template: str, question, a, b) -> tuple:
+    """One pairwise verdict (`"A"`, `"B"`, `"tie"`, or None when the reply cannot be parsed) and the raw reply."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": template.format(question=question, answer_a=a, answer_b=b)})
     reply = client.chat(messages)  # transport failures propagate: the endpoint is down, not the verdict garbled
@@ -266,8 +267,8 @@ def llm_judge_win_rate(
 
     def judge(row, base):
         question, answer, base_answer, key = inputs(row, base)
-        first, reply_first = _judge_once(client, system_prompt, template, question, answer, base_answer)
-        second, reply_second = _judge_once(client, system_prompt, template, question, base_answer, answer)
+        first, reply_first = judge_pair(client, system_prompt, template, question, answer, base_answer)
+        second, reply_second = judge_pair(client, system_prompt, template, question, base_answer, answer)
         record = {
             "index": row["index"],
             "key": key,

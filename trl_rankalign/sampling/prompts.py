@@ -22,7 +22,8 @@ def _check_prompt(value: Any, index: int, column: str) -> Any:
     )
 
 
-def _rows_from_source(source: Any, split: str | None) -> list[dict]:
+def load_rows(source: Any, split: str | None = None) -> list[dict]:
+    """Rows of a `.jsonl` / `.json` file, a `save_to_disk` folder, a `datasets.Dataset` or a list (of rows or prompts)."""
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         if not path.exists():
@@ -84,7 +85,7 @@ def load_prompts(
         `FileNotFoundError` for a missing file; `ValueError` for an empty set, a missing column (naming the columns
         found) or a prompt that is neither a non-empty string nor a chat-message list (naming the row).
     """
-    rows = _rows_from_source(source, split)
+    rows = load_rows(source, split)
     if limit is not None:
         rows = rows[:limit]
     if not rows:
