@@ -147,3 +147,17 @@ def test_reference_previous_and_the_stage(tiny_path, tmp_path):
     summary = json.loads((output / "rankalign_stage.json").read_text())
     assert summary["stage"] == "iterate" and len(summary["mean_reward_per_round"]) == 2
     assert all(math.isfinite(x) for x in summary["kl_to_sft_per_round"])
+
+
+def test_round_curves_are_plotted(tmp_path):
+    from trl_rankalign.evaluation.plots import plot_rounds
+
+    records = [
+        {"round": 0, "mean_reward": 0.1, "kl_to_sft": 0.0, "lists": 7},
+        {"round": 1, "mean_reward": 0.4, "kl_to_sft": 1.5, "lists": 8, "acceptance_rate": 0.5},
+    ]
+    (tmp_path / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    written = plot_rounds(tmp_path, tmp_path / "plots")
+    assert set(written) == {"mean_reward", "kl_to_sft", "lists", "acceptance_rate"}
+    with pytest.raises(FileNotFoundError, match="iterate"):
+        plot_rounds(tmp_path / "nowhere", tmp_path / "plots")

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-__all__ = ["PLOTS", "load_log_history", "plot_training_curves"]
+__all__ = ["PLOTS", "ROUND_PLOTS", "load_log_history", "plot_rounds", "plot_training_curves"]
 
 # file stem -> (title, y label, metric keys without the eval_ prefix; a regex when it starts with "^")
 PLOTS = {
@@ -127,4 +127,45 @@ def plot_training_curves(
             "None of the ranking metrics (rewards/margins, rewards/rank_k, ranking/pairwise_accuracy, "
             "ranking/kendall_tau) are in this log history: is it a trl-rankalign or DPO run?"
         )
+    return written
+
+
+# round metric -> (title, y label) of the `iterate` stage's per-round curves
+ROUND_PLOTS = {
+    "mean_reward": ("Mean reward of the round's samples", "reward"),
+    "kl_to_sft": ("KL(policy || SFT) on the round's samples", "nats per completion"),
+    "lists": ("Usable lists per round", "lists"),
+    "acceptance_rate": ("RSO acceptance rate", "accepted / sampled"),
+}
+
+
+def plot_rounds(rounds: str | os.PathLike, output_dir: str | os.PathLike, dpi: int = 100) -> dict[str, str]:
+    """Per-round curves of an `iterate` run (its `rounds.jsonl`, or the run folder holding it) into
+    `<output_dir>/round_<metric>.png`, one per metric of [`ROUND_PLOTS`] that was logged. Returns `{name: path}`."""
+    path = Path(rounds)
+    path = path / "rounds.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: is this an `iterate` run folder?")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not records:
+        raise ValueError(f"{str(path)!r} holds no finished round.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for key, (title, ylabel) in ROUND_PLOTS.items():
+        points = [(r["round"], r[key]) for r in records if r.get(key) is not None]
+        if not points:
+            continue
+        figure = Figure(figsize=(6.4, 4.0), dpi=dpi)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        axes.plot([p[0] for p in points], [p[1] for p in points], "-o", ms=4)
+        axes.set_title(title)
+        axes.set_xlabel("round")
+        axes.set_ylabel(ylabel)
+        axes.set_xticks([p[0] for p in points])
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        written[key] = str(output_dir / f"round_{key}.png")
+        figure.savefig(written[key])
     return written
