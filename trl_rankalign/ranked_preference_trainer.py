@@ -85,8 +85,9 @@ class RankedPreferenceTrainer(DPOTrainer):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}")
         if args.reference_free and ref_model is not None:
             raise ValueError(f"{type(self).__name__} is reference-free: do not pass a `ref_model`.")
-        for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
-            _refuse_vision(dataset, name, type(self).__name__)
+        if args.reference_free:  # DPOTrainer would report its precompute-with-vision error, which would mislead
+            for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
+                _refuse_vision(dataset, name, type(self).__name__)
         self._user_data_collator = data_collator
         self.shared_prompt_forward = False  # resolved from the config when the train split is prepared
         self._shared_prompt_decided = False
@@ -106,6 +107,8 @@ class RankedPreferenceTrainer(DPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        if self._is_vision_dataset:  # after DPOTrainer's own checks (a text model with image data gets its error)
+            _refuse_vision(train_dataset, "train", type(self).__name__)
         if args.reference_free:
             # `precompute_ref_log_probs=True` only kept DPOTrainer from loading a reference copy (see
             # `RankedPreferenceConfig`); nothing was precomputed, and `evaluate` must not look for reference log-probs
