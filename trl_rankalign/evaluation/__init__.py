@@ -31,7 +31,7 @@ from ..sampling.llm_judge import (
     parse_pairwise_verdict,
     parse_rating,
 )
-from .export import to_alpaca_eval, to_mt_bench
+from .export import to_alpaca_eval, to_arena_hard, to_mt_bench
 from .text_metrics import answers_text_metrics, compute_text_metrics
 from .win_rate import (
     DEFAULT_JUDGE_SYSTEM_PROMPT,
@@ -78,5 +78,6 @@ __all__ = [
     "prompt_text",
     "reward_win_rate",
     "to_alpaca_eval",
+    "to_arena_hard",
     "to_mt_bench",
 ]

@@ -1,10 +1,13 @@
-"""Export answers to the input formats of AlpacaEval and MT-Bench, to run those harnesses on them.
+"""Export answers to the input formats of AlpacaEval, MT-Bench and Arena-Hard, to run those harnesses on them.
 
 - AlpacaEval (`alpaca_eval --model_outputs outputs.json`): a JSON list of `{"instruction", "output", "generator"}`
   with an optional `"dataset"`, one per instruction.
 - MT-Bench (FastChat `fastchat/llm_judge`): `data/mt_bench/model_answer/<model_id>.jsonl`, one line per question
-  `{"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [answer, ...]}], "tstamp"}`.
-  Answers here are single-turn: `turns` holds one answer (the first turn of an MT-Bench question).
+  `{"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [answer, ...]}], "tstamp"}`: every turn
+  of multi-turn answers ([`trl_rankalign.sampling.multi_turn`]), or the one answer of single-turn ones.
+- Arena-Hard (`arena-hard-auto`, v2 layout): `data/<bench>/model_answer/<model>.jsonl`, one line per question
+  `{"uid", "ans_id", "model", "messages": [{"role": "user", "content"}, {"role": "assistant", "content": {"answer"}}],
+  "tstamp", "metadata": {"token_len"}}`.
 """
 
 import json
@@ -17,7 +20,7 @@ from pathlib import Path
 from ..sampling.answers import answer_text, load_answers, prompt_text
 
 
-__all__ = ["to_alpaca_eval", "to_mt_bench"]
+__all__ = ["to_alpaca_eval", "to_arena_hard", "to_mt_bench"]
 
 
 def _instruction(prompt) -> str:
@@ -80,22 +83,70 @@ def to_mt_bench(
     Returns:
         The path written.
     """
-    rows = load_answers(answers)
+    multi_turn = isinstance(answers, Sequence) and not isinstance(answers, str) and answers and "answers" in answers[0]
+    rows = list(answers) if multi_turn else load_answers(answers)
     path = Path(bench_dir) / "model_answer" / f"{model_id}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for row in rows:
-        question_id = row["index"] + 1 if question_ids is None else question_ids[row["index"]]
+        if multi_turn:  # rows of `generate_multi_turn_answers`: every turn
+            question_id, turns = row["question_id"], list(row["answers"])
+        else:
+            question_id = row["index"] + 1 if question_ids is None else question_ids[row["index"]]
+            turns = [answer_text(row["completions"][0])]
         lines.append(
             {
                 "question_id": question_id,
                 "answer_id": uuid.uuid4().hex[:22],
                 "model_id": model_id,
-                "choices": [{"index": 0, "turns": [answer_text(row["completions"][0])]}],
+                "choices": [{"index": 0, "turns": turns}],
                 "tstamp": time.time(),
             }
         )
     lines.sort(key=lambda line: line["question_id"])
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    return str(path)
+
+
+def to_arena_hard(
+    answers: str | os.PathLike | Sequence[dict],
+    model: str,
+    bench_dir: str | os.PathLike,
+    uids: Sequence[str] | None = None,
+    tokenizer=None,
+) -> str:
+    """
+    Write Arena-Hard-Auto's answer file `<bench_dir>/model_answer/<model>.jsonl` (e.g. `bench_dir` =
+    `arena-hard-auto/data/arena-hard-v2.0`).
+
+    Args:
+        model: the `model` field and the file name (what its judgment config's model list takes).
+        uids: the question `uid` of each prompt set row, indexed by the answers' `index` (Arena-Hard's
+            `question.jsonl` order); by default the row's own `uid` column, else its index as a string.
+        tokenizer: counts `metadata.token_len` (Arena-Hard's length control uses it); whitespace words otherwise.
+    """
+    rows = load_answers(answers)
+    path = Path(bench_dir) / "model_answer" / f"{model}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for row in rows:
+        uid = uids[row["index"]] if uids is not None else str(row.get("uid", row["index"]))
+        answer = answer_text(row["completions"][0])
+        token_len = len(tokenizer(answer)["input_ids"]) if tokenizer is not None else len(answer.split())
+        lines.append(
+            {
+                "uid": uid,
+                "ans_id": uuid.uuid4().hex[:22],
+                "model": model,
+                "messages": [
+                    {"role": "user", "content": _instruction(row["prompt"])},
+                    {"role": "assistant", "content": {"answer": answer}},
+                ],
+                "tstamp": time.time(),
+                "metadata": {"token_len": token_len},
+            }
+        )
     with open(path, "w", encoding="utf-8") as f:
         f.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     return str(path)

@@ -1,0 +1,87 @@
+"""MT-Bench's protocol: later turns answered in the model's own conversation; resumable per question and turn."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trl_rankalign.sampling import multi_turn
+from trl_rankalign.sampling.multi_turn import generate_multi_turn_answers, load_multi_turn_answers, load_questions
+
+
+QUESTIONS = Path(__file__).resolve().parent / "fixtures" / "mt_bench_questions.jsonl"
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_path):
+    return AutoModelForCausalLM.from_pretrained(tiny_path), AutoTokenizer.from_pretrained(tiny_path)
+
+
+def test_later_turns_see_the_models_own_answers_and_resume(policy, tmp_path, monkeypatch):
+    model, tokenizer = policy
+    questions = load_questions(QUESTIONS)
+    calls = []
+    real = multi_turn.sample_completions
+    monkeypatch.setattr(
+        multi_turn,
+        "sample_completions",
+        lambda m, t, prompts, *a, **k: calls.append((prompts, k)) or real(m, t, prompts, *a, **k),
+    )
+    output = tmp_path / "answers.jsonl"
+    rows = generate_multi_turn_answers(model, tokenizer, questions, output, max_new_tokens=6, seed=0)
+    assert [len(r["answers"]) for r in rows] == [2, 2]
+    turn_two = [prompt for prompts, _ in calls for prompt in prompts if len(prompt) == 3]
+    assert [m["role"] for m in turn_two[0]] == ["user", "assistant", "user"]
+    own = {r["question_id"]: r["answers"][0] for r in rows}
+    assert {p[1]["content"] for p in turn_two} == set(own.values())  # each model's own first answer
+    assert {k["temperature"] for _, k in calls} == {0.7, 0.0}  # MT-Bench's per-category temperatures
+
+    calls.clear()  # a rerun asks nothing
+    again = generate_multi_turn_answers(model, tokenizer, questions, output, max_new_tokens=6, seed=0)
+    assert calls == [] and again == rows
+    assert load_multi_turn_answers(output, questions)[0]["answers"] == rows[0]["answers"]
+
+    lines = output.read_text().splitlines()  # a damaged last line (an interrupted write) is redone, nothing else
+    output.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:10])
+    calls.clear()
+    generate_multi_turn_answers(model, tokenizer, questions, output, max_new_tokens=6, seed=0)
+    assert sum(len(prompts) for prompts, _ in calls) == 1
+    assert all(json.loads(line) for line in output.read_text().splitlines())
+
+    calls.clear()  # other decoding: every turn is redone
+    generate_multi_turn_answers(model, tokenizer, questions, output, max_new_tokens=4, seed=0)
+    assert sum(len(prompts) for prompts, _ in calls) == 4
+
+
+def test_bad_questions_name_the_row_and_field(tmp_path):
+    bad = tmp_path / "q.jsonl"
+    bad.write_text(json.dumps({"question_id": 1, "turns": ["hi", {"role": "assistant", "content": "x"}]}) + "\n")
+    with pytest.raises(ValueError, match=r"question row 0, field 'turns\[1\].role': expected a user turn"):
+        load_questions(bad)
+    bad.write_text(json.dumps({"question_id": 1, "turns": []}) + "\n")
+    with pytest.raises(ValueError, match="question row 0, field 'turns'"):
+        load_questions(bad)
+    bad.write_text(json.dumps({"turns": ["a"]}) + "\n")
+    with pytest.raises(ValueError, match="question row 0, field 'question_id': missing"):
+        load_questions(bad)
+
+
+def test_exports_keep_every_turn_and_arena_hard_layout(tmp_path):
+    from trl_rankalign.evaluation.export import to_arena_hard, to_mt_bench
+
+    rows = [{"question_id": 81, "category": "writing", "turns": ["a", "b"], "answers": ["A1", "A2"]}]
+    path = to_mt_bench(rows, "tiny-rankdpo", tmp_path / "mt_bench")
+    (line,) = [json.loads(x) for x in Path(path).read_text().splitlines()]
+    assert line["question_id"] == 81 and line["choices"] == [{"index": 0, "turns": ["A1", "A2"]}]
+    assert line["model_id"] == "tiny-rankdpo" and path.endswith("model_answer/tiny-rankdpo.jsonl")
+
+    answers = [{"index": 0, "prompt": "Write a haiku.", "completions": ["Soup steams in the bowl"]}]
+    path = to_arena_hard(answers, "tiny", tmp_path / "arena", uids=["abc123"])
+    (line,) = [json.loads(x) for x in Path(path).read_text().splitlines()]
+    assert line["uid"] == "abc123" and line["model"] == "tiny"
+    assert line["messages"] == [
+        {"role": "user", "content": "Write a haiku."},
+        {"role": "assistant", "content": {"answer": "Soup steams in the bowl"}},
+    ]
+    assert line["metadata"]["token_len"] == 5  # whitespace words without a tokenizer
