@@ -85,3 +85,39 @@ def test_exports_keep_every_turn_and_arena_hard_layout(tmp_path):
         {"role": "assistant", "content": {"answer": "Soup steams in the bowl"}},
     ]
     assert line["metadata"]["token_len"] == 5  # whitespace words without a tokenizer
+
+
+def test_mt_bench_judging_per_turn_cached_and_errors_retried(judge_server, tmp_path):
+    from trl_rankalign.evaluation.mt_bench import judge_pairwise, judge_single
+    from trl_rankalign.sampling.llm_judge import JudgeClient
+
+    ours = [{"question_id": 1, "turns": ["q1", "q2"], "answers": ["good answer", "good again"]}]
+    theirs = [{"question_id": 1, "turns": ["q1", "q2"], "answers": ["bad answer", "bad again"]}]
+    broken = {"on": True}
+
+    def judge(request):
+        text = request["messages"][-1]["content"]
+        if "Assistant A" in text:  # pairwise: prefers the side whose last answer is good
+            last_a = text.split("### Assistant B")[0].rsplit("### Assistant A:", 1)[1]
+            return 200, "[[A]]" if "good" in last_a else "[[B]]"
+        if broken["on"] and "q2" in text:
+            return 200, "I cannot rate this."
+        return 200, "Rating: [[8]]" if text.rstrip().endswith(("good answer", "good again")) else "Rating: [[3]]"
+
+    judge_server.reply = judge
+    client = JudgeClient(judge_server.base_url, "stub-judge", timeout=5.0, max_retries=1, backoff=0.01)
+    cache = tmp_path / "single.jsonl"
+    first = judge_single(ours, client, cache)
+    assert (first.per_turn, first.errors) == ({1: 8.0}, 1)  # turn 2's reply had no rating: an error, not a score
+    asked = len(judge_server.requests)
+    broken["on"] = False
+    second = judge_single(ours, client, cache)  # only the failed judgment is asked again
+    assert len(judge_server.requests) == asked + 1 and second.per_turn == {1: 8.0, 2: 8.0} and second.errors == 0
+    # turn 2 is judged with the whole conversation: the first question and answer are in the request
+    assert "q1" in judge_server.requests[-1]["messages"][-1]["content"]
+
+    pairwise = judge_pairwise(ours, theirs, client, tmp_path / "pairwise.jsonl")
+    assert pairwise.per_turn == {1: 1.0, 2: 1.0} and pairwise.judged == 2
+    asked = len(judge_server.requests)
+    judge_pairwise(ours, theirs, client, tmp_path / "pairwise.jsonl")
+    assert len(judge_server.requests) == asked  # cached, both orders
