@@ -8,8 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class StubJudge:
     """An OpenAI-compatible /chat/completions on 127.0.0.1 whose replies come from `self.reply(request_json)`,
-    which returns `(status, body_text_or_dict)` or `(status, body_text_or_dict, delay_s)`; every request is recorded
-    with its path and Authorization header. Sleeping handlers wake up at shutdown."""
+    which returns `(status, body_text_or_dict)`, `(status, body_text_or_dict, delay_s)` or `(status, body, delay_s,
+    headers)`; every request (a GET too, recorded with `"method": "GET"`) is recorded with its path and Authorization
+    header. Sleeping handlers wake up at shutdown."""
 
     def __init__(self):
         self.requests, self.lock, self.stop = [], threading.Lock(), threading.Event()
@@ -21,8 +22,9 @@ class StubJudge:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with stub.lock:
                     stub.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
-                status, content, *delay = stub.reply(body)
-                delay = delay[0] if delay else 0.0
+                status, content, *rest = stub.reply(body)
+                delay = rest[0] if rest else 0.0
+                headers = rest[1] if len(rest) > 1 else {}
                 if delay:
                     stub.stop.wait(delay)
                 if isinstance(content, str):
@@ -32,12 +34,23 @@ class StubJudge:
                     self.send_response(status)
                     if status == 429:
                         self.send_header("Retry-After", "0")
+                    for name, value in headers.items():
+                        self.send_header(name, value)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
+
+            def do_GET(self):  # a redirected POST arrives as a GET: record it, with its headers
+                with stub.lock:
+                    stub.requests.append(
+                        {"method": "GET", "path": self.path, "auth": self.headers.get("Authorization")}
+                    )
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, *args):
                 pass

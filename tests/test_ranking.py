@@ -228,9 +228,12 @@ def test_pairwise_garbage_everywhere_drops_the_row(judge_server, tmp_path):
     assert (summary["parse_errors"], summary["dropped_candidates"], summary["dropped_rows"]) == (2, 2, 1)
 
 
-@pytest.mark.parametrize("mode, per_prompt", [("rating", [4, 3, 2]), ("pairwise", [12, 6, 2])])
-def test_interrupted_run_resumes_without_asking_again(judge_server, tmp_path, capsys, mode, per_prompt):
-    """The endpoint dies after the first prompt: the CLI reports it, the rerun asks only for the other prompts."""
+@pytest.mark.parametrize(
+    "mode, per_prompt, garbled", [("rating", [4, 3, 2], 2), ("pairwise", [12, 6, 2], 3)], ids=["rating", "pairwise"]
+)
+def test_interrupted_run_resumes_without_asking_again(judge_server, tmp_path, capsys, mode, per_prompt, garbled):
+    """The endpoint dies after the first prompt: the CLI reports it, the rerun asks only for the other prompts; a
+    finished run asks again only for the verdicts it could not parse (never final)."""
     source = write_jsonl(
         tmp_path / "candidates.jsonl", [{"prompt": p, "completions": c} for p, c in zip(PROMPTS, CANDIDATES)]
     )
@@ -250,7 +253,8 @@ def test_interrupted_run_resumes_without_asking_again(judge_server, tmp_path, ca
     assert len(judge_server.requests) == sum(per_prompt[1:])  # prompts 1 and 2 only
     assert json.loads(capsys.readouterr().out.split("\n}")[0] + "\n}")["requests_this_run"] == sum(per_prompt[1:])
     judge_server.requests.clear()
-    assert cli(*argv) == 0 and judge_server.requests == []  # everything finished: nothing asked
+    assert cli(*argv) == 0 and len(judge_server.requests) == garbled  # finished: only the garbled verdicts again
+    assert all("mystery" in r["messages"][-1]["content"] for r in judge_server.requests)
     data = load_from_disk(str(tmp_path / "out" / "ranked"))
     validate_ranked_dataset(data)
     assert rank_order(data[0]["scores"]) == [1, 3, 0, 2]

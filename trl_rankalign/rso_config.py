@@ -6,18 +6,22 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from .sampling.arguments import GenerationArguments, check_generation_arguments
+
 
 RSO_PAIRINGS = ("first_round", "tournament")
 RSO_LOSS_TYPES = ("sigmoid", "hinge")
 
 
 @dataclass
-class RSOConfig(DPOConfig):
+class RSOConfig(DPOConfig, GenerationArguments):
     r"""
     Configuration for [`RSOSampler`]: DPO on preference pairs drawn by statistical rejection sampling (Liu et al. 2023,
     [arXiv:2309.06657](https://huggingface.co/papers/2309.06657)).
 
-    Extends [`~trl.DPOConfig`] with only the sampling fields below. Two βs are involved: `rso_beta` is the sampler's β
+    Extends [`~trl.DPOConfig`] with only the sampling fields below and the generation backend's
+    ([`~trl_rankalign.sampling.arguments.GenerationArguments`]: `generation_backend` `"transformers"`, `"server"` or
+    `"vllm"`, and the server's / vLLM's options). Two βs are involved: `rso_beta` is the sampler's β
     of the target policy π_r(y|x) ∝ π_sft(y|x)·exp(r(x, y)/β) (the paper uses 0.5), while DPOConfig's `beta` is the
     loss's γ in σ(γΔ) / max(0, 1 − γΔ), whose default is changed here to the paper's 0.05. `loss_type` must be
     `"sigmoid"` (the paper's sigmoid-norm) or `"hinge"` (its hinge-norm); TRL's `"sigmoid_norm"` is a length
@@ -52,15 +56,17 @@ class RSOConfig(DPOConfig):
         max_new_tokens (`int`, *optional*, defaults to `256`):
             Maximum number of tokens generated per candidate.
         sampling_batch_size (`int`, *optional*, defaults to `8`):
-            Prompts per `generate` call (each call produces `sampling_batch_size * num_candidates` sequences) and per
-            append to the resumable candidate cache.
+            Prompts per batch (each batch produces `sampling_batch_size * num_candidates` sequences; batch `b` is
+            seeded `sampling_seed + b`) and per append to the resumable candidate cache. With the server backend, set
+            it to at least `generation_concurrency`: a batch's prompts are the requests in flight.
         reward_batch_size (`int`, *optional*, defaults to `16`):
             Sequences per forward of a reward model given as a checkpoint.
         sampling_seed (`int`, *optional*):
             Seed of the candidate generation and of the acceptance/pairing draws; defaults to `seed`.
         samples_dir (`str`, *optional*):
             Where the candidates, the accepted set and the pairs are saved; defaults to `<output_dir>/rso_samples`. A
-            later run with the same prompts and settings reuses them instead of generating again.
+            later run with the same prompts, policy (fingerprint), reward (identity) and settings reuses them instead
+            of generating again.
         reward_model_path (`str`, *optional*):
             Path or hub id of a sequence-classification reward model (one logit, as TRL's `RewardTrainer` trains it),
             used when no `reward_model` is passed to the trainer (the CLI and YAML recipes set it here).
@@ -129,6 +135,7 @@ class RSOConfig(DPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_generation_arguments(self)
         if list(self.loss_type) not in [[name] for name in RSO_LOSS_TYPES]:
             raise ValueError(
                 f"RSO trains with loss_type ['sigmoid'] (the paper's sigmoid-norm) or ['hinge'] (its hinge-norm), got "

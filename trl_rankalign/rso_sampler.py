@@ -4,7 +4,8 @@
 prompt-only dataset:
 
 1. sample `num_candidates` completions per prompt from the starting (SFT) policy and score them with a reward model
-   (`generation.sample_and_score`: batched, sharded across processes, appended to a resumable JSONL cache);
+   (`generation.sample_and_score`: any generation backend — transformers with each prompt prefilled once, an
+   OpenAI-compatible server, colocated vLLM —, batched, sharded across processes, appended to a resumable JSONL cache);
 2. accept `num_accepted` per prompt with the paper's Algorithm 1 (`rejection_sampling`, candidates keyed by index);
 3. pair the accepted candidates (first-round or tournament), each pair labelled by reward;
 4. save everything with `datasets.save_to_disk` under `samples_dir`, and reuse it on a rerun with the same prompts
@@ -17,7 +18,9 @@ training log next to TRL's DPO metrics. The sampling stage alone is `sample_rso_
 Layout of `samples_dir`:
 
     candidates-<hash>.jsonl   every prompt's candidates and rewards, appended batch by batch (the resumable cache;
-                              <hash> covers prompts, policy, reward model and generation settings)
+                              <hash> covers prompts, policy fingerprint, tokenizer, backend and decoding settings;
+                              each row also records its scorer, and rows scored by another reward are rescored
+                              without generating again)
     dataset/                  a DatasetDict (`datasets.load_from_disk`):
                                 "samples": index, prompt, completions, scores, accepted, pairs  (one row per prompt;
                                            `accepted` and `pairs` hold candidate indices)
@@ -26,7 +29,6 @@ Layout of `samples_dir`:
     rso_info.json             the settings and fingerprints the set was made with, and its statistics
 """
 
-import copy
 import gc
 import json
 import logging
@@ -41,13 +43,16 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, DatasetDict, IterableDataset, load_from_disk
 from datasets.fingerprint import Hasher
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 from trl import DPOTrainer
 from trl.trainer.utils import create_model_from_path, get_config_model_id
 
 from .rejection_sampling import batched_statistical_rejection_sampling, first_round_pairs, tournament_pairs
 from .rso_config import RSOConfig
-from .sampling.generation import read_jsonl, sample_and_score
+from .sampling.arguments import backend_options
+from .sampling.fingerprint import model_fingerprint
+from .sampling.generation import Decoding, cached_rows, generation_settings, make_backend, sample_and_score
+from .sampling.generation import scorer_identity as _scorer_identity
 from .sampling.scorers import CallableScorer, RewardModelScorer, as_scorer
 
 
@@ -59,7 +64,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SAMPLES_FORMAT_VERSION = 1
+SAMPLES_FORMAT_VERSION = 2  # 2: rows record their generation settings and scorer
 DATASET_DIRNAME = "dataset"
 INFO_FILENAME = "rso_info.json"
 
@@ -95,39 +100,46 @@ def _check_prompts(dataset: Any) -> list:
     return prompts
 
 
-def _identity(obj: Any) -> str:
-    """A stable name for a policy or reward model, part of the saved set's fingerprint."""
-    if isinstance(obj, str):
-        return obj
-    if isinstance(obj, RewardModelScorer):
-        return obj.name
-    if isinstance(obj, CallableScorer):
-        return _identity(obj.function)
-    if isinstance(obj, PreTrainedModel) or hasattr(obj, "config"):
-        return get_config_model_id(obj.config)
-    module = getattr(obj, "__module__", None) or type(obj).__module__
-    qualname = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-    return f"{module}.{qualname}"
+def _reward_identity(reward: Any) -> str:
+    """What the rewards depend on, computed without loading anything: a reward checkpoint's file fingerprint, a loaded
+    reward model's weights fingerprint, or a callable's module, name and source code."""
+    if isinstance(reward, str):
+        return f"reward_model:{reward}:{model_fingerprint(reward)}"
+    if isinstance(reward, PreTrainedModel):
+        return f"reward_model:{get_config_model_id(reward.config)}:{model_fingerprint(reward)}"
+    if isinstance(reward, RewardModelScorer | CallableScorer):
+        return _scorer_identity(reward)
+    return _scorer_identity(CallableScorer(reward))
 
 
-def _settings(prompts: list, model: Any, reward: Any, args: RSOConfig) -> dict:
-    """What the saved set depends on: `generation` keys the candidate cache, `selection` the accepted set and pairs.
+def _sampling(args: RSOConfig) -> tuple[Any, Decoding]:
+    """The generation backend and decoding settings of an `RSOConfig`."""
+    options = backend_options(args)
+    backend = options.pop("backend")
+    if backend == "transformers":
+        options["batch_size"] = args.sampling_batch_size
+    decoding = Decoding(
+        temperature=args.sampling_temperature,
+        top_k=args.sampling_top_k,
+        top_p=args.sampling_top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.sampling_seed,
+    )
+    return make_backend(backend, **options), decoding
+
+
+def _settings(prompts: list, model: Any, tokenizer: Any, reward: Any, args: RSOConfig) -> dict:
+    """What the saved set depends on: `generation` keys the candidate cache, `scoring` the rewards, `selection` the
+    accepted set and pairs.
 
     `sampling_batch_size` is left out on purpose: a run resumed with a smaller batch (say after an out-of-memory
     error) keeps the candidates already drawn, which are valid samples of the same policy.
     """
-    generation = {
-        "prompts": Hasher.hash(prompts),
-        "num_prompts": len(prompts),
-        "model": _identity(model),
-        "reward": _identity(reward),
-        "num_candidates": args.num_candidates,
-        "temperature": args.sampling_temperature,
-        "top_k": args.sampling_top_k,
-        "top_p": args.sampling_top_p,
-        "max_new_tokens": args.max_new_tokens,
-        "seed": args.sampling_seed,
-    }
+    backend, decoding = _sampling(args)
+    identity = None if backend.name == "server" else model_fingerprint(model)
+    rows = generation_settings(model, tokenizer, args.num_candidates, backend, decoding, model_identity=identity)
+    generation = {"prompts": Hasher.hash(prompts), "num_prompts": len(prompts), **rows}
+    scoring = {"reward": _reward_identity(reward)}
     selection = {
         "num_accepted": args.num_accepted,
         "rso_beta": args.rso_beta,
@@ -137,9 +149,11 @@ def _settings(prompts: list, model: Any, reward: Any, args: RSOConfig) -> dict:
     return {
         "format_version": SAMPLES_FORMAT_VERSION,
         "generation": generation,
+        "scoring": scoring,
         "selection": selection,
+        "rows": rows,  # the `generation` field of the cached rows
         "generation_key": Hasher.hash(generation),
-        "key": Hasher.hash([generation, selection, SAMPLES_FORMAT_VERSION]),
+        "key": Hasher.hash([generation, scoring, selection, SAMPLES_FORMAT_VERSION]),
     }
 
 
@@ -170,19 +184,6 @@ def _load_policy(model: Any, args: RSOConfig, quantization_config: Any) -> PreTr
     if getattr(model, "hf_device_map", None) is None and not quantized:
         model.to(args.device)
     return model
-
-
-def _generation_config(model: PreTrainedModel, args: RSOConfig) -> GenerationConfig:
-    config = copy.deepcopy(getattr(model, "generation_config", None) or GenerationConfig())  # keeps its EOS ids
-    config.update(
-        do_sample=True,
-        num_beams=1,
-        temperature=args.sampling_temperature,
-        top_k=args.sampling_top_k,
-        top_p=args.sampling_top_p,
-        max_new_tokens=args.max_new_tokens,
-    )
-    return config
 
 
 def _select_and_pair(rows: list[dict], args: RSOConfig) -> DatasetDict:
@@ -299,11 +300,15 @@ def _save(dataset: DatasetDict, samples_dir: Path, info: dict) -> None:
 
 
 def _generate_and_score(
-    model, args, prompts, reward, cache_file, processing_class, reward_processing_class, quantization_config=None
-):
-    """Load policy and scorer, sample and score the prompts not yet in `cache_file`, free what was loaded here."""
-    tokenizer = processing_class if processing_class is not None else _load_tokenizer(model, args)
-    policy = _load_policy(model, args, quantization_config)
+    model, args, prompts, reward, cache_file, tokenizer, reward_processing_class, settings, need_policy,
+    quantization_config=None,
+):  # fmt: skip
+    """Load what is needed (the policy only when some candidates are missing and the backend runs it here), sample and
+    score the prompts not yet in `cache_file`, rescore rows scored by another reward, free what was loaded here."""
+    backend, decoding = _sampling(args)
+    policy = None
+    if need_policy and backend.name != "server":
+        policy = _load_policy(model, args, quantization_config)
     scorer_kwargs = {"batch_size": args.reward_batch_size}
     if isinstance(reward, str):
         scorer_kwargs["device"] = args.device
@@ -317,11 +322,17 @@ def _generate_and_score(
         prompts,
         args.num_candidates,
         scorer=scorer,
-        generation_config=_generation_config(policy, args),
         batch_size=args.sampling_batch_size,
         cache_file=cache_file,
         seed=args.sampling_seed,
         desc="RSO sampling",
+        backend=backend,
+        model_identity=settings["rows"]["model"],
+        scorer_id=settings["scoring"]["reward"],
+        temperature=decoding.temperature,
+        top_k=decoding.top_k,
+        top_p=decoding.top_p,
+        max_new_tokens=decoding.max_new_tokens,
     )
     del policy, scorer  # free what was loaded here (the caller keeps the objects it passed) before training
     gc.collect()
@@ -358,10 +369,11 @@ def sample_rso_dataset(
         and indices). Saved under `args.samples_dir` (see the module docstring).
 
     The set is reused, with no generation and no scoring, when `samples_dir` holds one made from the same prompts,
-    policy and reward identities (path, model name, or a callable's qualified name) and settings. When only the
-    acceptance or pairing settings differ, the candidate cache is reused and only steps 2–3 rerun. Under several
+    policy (fingerprint of its files or weights; with the server backend, the served model's name), tokenizer,
+    reward (fingerprint, or a callable's module, name and source code), backend and settings. When only the
+    acceptance or pairing settings differ, the candidate cache is reused and only steps 2–3 rerun (no model is
+    loaded); when only the reward differs, the cached candidates are rescored without generating. Under several
     processes the prompts are sharded and gathered by `sample_and_score`, the main process saves, and all wait.
-    A checkpoint changed in place keeps its identity: delete `samples_dir` (or pick another) to resample.
 
     Raises:
         ValueError: no reward model, an empty prompt set or prompt, a reward of the wrong shape or NaN (the batches
@@ -374,7 +386,8 @@ def sample_rso_dataset(
     if reward is None:
         raise ValueError("RSO needs a reward model: pass `reward_model` or set `reward_model_path` in the RSOConfig.")
     samples_dir = Path(args.samples_dir)
-    settings = _settings(prompts, model, reward, args)
+    tokenizer = processing_class if processing_class is not None else _load_tokenizer(model, args)
+    settings = _settings(prompts, model, tokenizer, reward, args)
     state = PartialState()
 
     state.wait_for_everyone()  # nobody has started writing when the saved set is inspected
@@ -387,25 +400,35 @@ def sample_rso_dataset(
     if info is not None:
         changed = [
             f"{group}.{key}"
-            for group in ("generation", "selection")
+            for group in ("generation", "scoring", "selection")
             for key, value in settings[group].items()
             if (info.get(group) or {}).get(key) != value
         ]
         logger.warning(
             "RSO: the set saved in %s was made with other settings (%s); sampling anew (candidates are reused when "
-            "only selection settings changed).",
+            "only selection settings changed, and rescored when only the reward changed).",
             samples_dir,
             ", ".join(changed) or "format",
         )
 
     cache_file = samples_dir / f"candidates-{settings['generation_key'][:16]}.jsonl"
-    cached = {row["index"]: row for row in read_jsonl(cache_file) if "scores" in row}
-    if all(i in cached for i in range(len(prompts))):  # only the selection changed: no model is loaded
+    generated = cached_rows(cache_file, prompts, settings["rows"])
+    scored = {i: row for i, row in generated.items() if row.get("scorer") == settings["scoring"]["reward"]}
+    if len(scored) == len(prompts):  # only the selection changed: no model is loaded
         logger.info("RSO: all candidates are in %s; rerunning acceptance and pairing only.", cache_file)
-        rows = [cached[i] for i in range(len(prompts))]
+        rows = [scored[i] for i in range(len(prompts))]
     else:
         rows = _generate_and_score(
-            model, args, prompts, reward, cache_file, processing_class, reward_processing_class, quantization_config
+            model,
+            args,
+            prompts,
+            reward,
+            cache_file,
+            tokenizer,
+            reward_processing_class,
+            settings,
+            need_policy=len(generated) < len(prompts),
+            quantization_config=quantization_config,
         )
 
     dataset = _select_and_pair(rows, args)

@@ -2,6 +2,8 @@
 
 ```
 trl-rankalign eval generate --model CKPT [--model CKPT2 ...] --prompts prompts.jsonl --output_dir answers/
+trl-rankalign eval generate --model CKPT --prompts prompts.jsonl --output_dir answers/ \\
+    --generation_backend server --generation_base_url http://localhost:8000/v1 --generation_model CKPT
 trl-rankalign eval win-rate --answers answers/policy.jsonl --baseline answers/sft.jsonl --reward_model RM_PATH
 trl-rankalign eval win-rate --answers A.jsonl --baseline B.jsonl --judge_base_url http://localhost:8000/v1 --judge_model M
 trl-rankalign eval text-metrics --answers answers/policy.jsonl --prompts prompts.jsonl
@@ -50,9 +52,12 @@ def add_eval_parser(subparsers) -> None:
     _opt(generate, "max_new_tokens", type=int, default=256)
     _opt(generate, "batch_size", type=int, default=8)
     _opt(generate, "do_sample", action="store_true", help="sample instead of greedy decoding")
-    _opt(generate, "temperature", type=float, default=1.0)
-    _opt(generate, "top_p", type=float, default=1.0)
+    _opt(generate, "temperature", type=float, default=1.0, help="with --do_sample")
+    _opt(generate, "top_k", type=int, default=0, help="with --do_sample (0: off)")
+    _opt(generate, "top_p", type=float, default=1.0, help="with --do_sample")
+    _opt(generate, "num_samples", type=int, default=1, help="answers per prompt (win rates use the first)")
     _opt(generate, "seed", type=int, default=0)
+    add_generation_arguments(generate)
 
     win_rate = commands.add_parser("win-rate", help="pairwise win rate vs a baseline (reward model or LLM judge)")
     _opt(win_rate, "answers", required=True, help="answers JSONL of the model")
@@ -95,6 +100,13 @@ def add_eval_parser(subparsers) -> None:
     evaluation.set_defaults(func=run_eval)
 
 
+def add_generation_arguments(parser) -> None:
+    """The generation backend options shared by `eval generate` and `rank` (`--generation_backend`, ...)."""
+    from ..sampling.arguments import add_generation_arguments as add
+
+    add(parser)
+
+
 def _load_prompt_set(args):
     from ..sampling.answers import load_prompts
 
@@ -123,12 +135,15 @@ def _write_json(data, path: str | None) -> None:
 
 def _generate(args) -> None:
     from ..sampling.answers import generate_answers_for_models, model_name_from_path
+    from ..sampling.arguments import backend_options
 
     names = args.name or [model_name_from_path(m) for m in args.model]
     if len(names) != len(args.model):
         raise ValueError(f"{len(args.name)} --name for {len(args.model)} --model: give one name per model.")
     if len(set(names)) != len(names):
         raise ValueError(f"Two checkpoints would write the same answers file ({names}): pass --name for each.")
+    if args.generation_backend == "server" and len(args.model) > 1:
+        raise ValueError("The server backend serves one model (--generation_model): give one --model per run.")
     files = generate_answers_for_models(
         dict(zip(names, args.model)),
         _load_prompt_set(args),
@@ -136,9 +151,12 @@ def _generate(args) -> None:
         max_new_tokens=args.max_new_tokens,
         do_sample=args.do_sample,
         temperature=args.temperature,
+        top_k=args.top_k,
         top_p=args.top_p,
+        num_samples=args.num_samples,
         batch_size=args.batch_size,
         seed=args.seed,
+        **backend_options(args),
     )
     print(json.dumps(files, indent=2))
 
@@ -204,10 +222,19 @@ def _win_rate(args) -> None:
 
 def _text_metrics(args) -> None:
     from ..evaluation.text_metrics import answers_text_metrics
+    from ..sampling.answers import load_answers
 
+    prompts = _load_prompt_set(args)
+    answered = {row["index"] for row in load_answers(args.answers)}
+    missing = [i for i in range(len(prompts)) if i not in answered]
+    if missing:  # scoring a partial answers file would report a number for a different test set
+        raise ValueError(
+            f"{args.answers!r} answers {len(prompts) - len(missing)} of the {len(prompts)} prompts (first missing: "
+            f"{missing[:5]}): finish `eval generate` first, or pass --limit to score a prefix of the prompt set."
+        )
     result = answers_text_metrics(
         args.answers,
-        _load_prompt_set(args),
+        prompts,
         metrics=args.metrics,
         bleu_tokenize=args.bleu_tokenize,
         chrf_word_order=args.chrf_word_order,
@@ -249,11 +276,12 @@ _COMMANDS = {
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run the `eval` subcommand parsed into `args`. Returns 0, or 1 after printing `error: ...` for bad inputs."""
+    from ..sampling.http import EndpointError
     from ..sampling.llm_judge import JudgeError
 
     try:
         _COMMANDS[args.eval_command](args)
-    except (FileNotFoundError, ValueError, JudgeError, KeyboardInterrupt) as error:
+    except (FileNotFoundError, ValueError, JudgeError, EndpointError, KeyboardInterrupt) as error:
         kind = "interrupted" if isinstance(error, KeyboardInterrupt) else "error"
         print(f"{kind}: {error}", file=sys.stderr)
         return 1

@@ -6,6 +6,8 @@ trl-rankalign rank --input prompts.jsonl --policy sft/ --policy dpo/ --num_sampl
     --reward_fn trl_rankalign.tiny.language:reward_fn
 trl-rankalign rank --input prompts.jsonl --policy sft/ --num_samples 4 --output_dir ranked/ \\
     --judge_base_url http://localhost:8000/v1 --judge_model M --judge_mode pairwise --judge_rps 5
+trl-rankalign rank --input prompts.jsonl --policy sft/ --num_samples 64 --output_dir ranked/ --reward_model RM \\
+    --generation_backend server --generation_base_url http://localhost:8001/v1 --generation_model sft/
 ```
 `--input` has a `prompt` column and, without `--policy`, a `completions` column (K given candidates per prompt).
 `--num_samples` is K per prompt in total, split between the policies (5 over 2 policies: 3 + 2). Errors in the inputs
@@ -18,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from .eval import _import_callable, _opt, add_judge_client_arguments, judge_client_from_args
+from .eval import _import_callable, _opt, add_generation_arguments, add_judge_client_arguments, judge_client_from_args
 
 
 __all__ = ["add_rank_parser", "run_rank"]
@@ -37,9 +39,11 @@ def add_rank_parser(subparsers) -> argparse.ArgumentParser:
     _opt(rank, "num_samples", type=int, default=4, help="K candidates per prompt in total, split between policies")
     _opt(rank, "max_new_tokens", type=int, default=256)
     _opt(rank, "temperature", type=float, default=1.0)
+    _opt(rank, "top_k", type=int, default=0, help="0: off")
     _opt(rank, "top_p", type=float, default=1.0)
     _opt(rank, "seed", type=int, default=0, help="policy p samples with seed + p")
     _opt(rank, "batch_size", type=int, default=8, help="prompts per generate / reward-model call")
+    add_generation_arguments(rank)
 
     scorer = rank.add_mutually_exclusive_group(required=True)
     _opt(scorer, "reward_model", help="sequence-classification reward model (folder or hub id)")
@@ -73,6 +77,7 @@ def _aspects(args):
 
 
 def _rank(args) -> None:
+    from ..sampling.arguments import backend_options
     from ..sampling.rank import rank_candidates
 
     judge, reward = None, None
@@ -81,8 +86,15 @@ def _rank(args) -> None:
     else:
         reward = args.reward_model or _import_callable(args.reward_fn)
     generation = dict(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        **backend_options(args),
     )
+    if args.generation_backend == "server" and args.policy and len(args.policy) > 1:
+        raise ValueError("The server backend serves one model (--generation_model): give one --policy per run.")
     dataset = rank_candidates(
         args.input,
         output_dir=args.output_dir,
@@ -108,11 +120,12 @@ def _rank(args) -> None:
 
 def run_rank(args: argparse.Namespace) -> int:
     """Run `rank` parsed into `args`. Returns 0, or 1 after printing `error: ...` for bad inputs or a failing judge."""
+    from ..sampling.http import EndpointError
     from ..sampling.llm_judge import JudgeError
 
     try:
         _rank(args)
-    except (FileNotFoundError, ValueError, JudgeError, KeyboardInterrupt) as error:
+    except (FileNotFoundError, ValueError, JudgeError, EndpointError, KeyboardInterrupt) as error:
         kind = "interrupted" if isinstance(error, KeyboardInterrupt) else "error"
         print(f"{kind}: {error}", file=sys.stderr)
         return 1

@@ -156,6 +156,7 @@ def run_sample(script_args, training_args, model_args, dataset_args) -> dict:
     summary = {
         "stage": "sample",
         "model_name_or_path": model_args.model_name_or_path,
+        "generation_backend": training_args.generation_backend,
         "output_dir": str(Path(training_args.output_dir).resolve()),
         "samples_dir": str(Path(training_args.samples_dir).resolve()),
         "prompts": len(samples["samples"]),
@@ -289,7 +290,8 @@ def run_raft(script_args, training_args, model_args, dataset_args) -> dict:
     output = Path(training_args.output_dir)
     sampled, selected = [], []
     for index in range(training_args.num_rounds):
-        scores = [s for row in read_jsonl(output / f"round_{index}" / "samples.jsonl") for s in row["scores"]]
+        rows = {row["index"]: row for row in read_jsonl(output / f"round_{index}" / "samples.jsonl")}  # last wins
+        scores = [s for row in rows.values() for s in row["scores"]]
         sampled.append(sum(scores) / len(scores))
         best = load_from_disk(str(output / f"round_{index}" / "best"))
         selected.append(sum(best["score"]) / len(best))
@@ -300,6 +302,7 @@ def run_raft(script_args, training_args, model_args, dataset_args) -> dict:
         "prompts": len(prompts),
         "num_rounds": training_args.num_rounds,
         "num_samples": training_args.num_samples,
+        "generation_backend": training_args.generation_backend,
         "sampled_reward_per_round": sampled,
         "selected_reward_per_round": selected,
         "seconds": round(time.time() - started, 1),

@@ -9,10 +9,14 @@ LLM judge rule (position bias): each pair is judged twice, the model as assistan
 gives 1 / 0.5 / 0 to the model and the outcome is their mean: a win needs a win in one order and a win or a tie in
 the other; a loss likewise; a win in one order and a loss in the other (the judge followed the position), or two
 ties, is a tie. An error in either order makes the prompt an error.
+
+The judgments cache (JSONL, one record per prompt, appended as judgments arrive) records the judge setup (model,
+request settings, system prompt, template, parser) and, per prompt, a key of that setup and the question and both
+answers. A rerun reuses a record only when its key matches, and asks again for the orders whose verdict could not be
+parsed (a garbled reply is never final). A cache made with another judge setup is not overwritten: the run stops and
+names the changed setting (pass another cache file to keep both).
 """
 
-import hashlib
-import json
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -25,7 +29,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..sampling.answers import answer_text, load_answers, prompt_text
-from ..sampling.generation import read_jsonl
+from ..sampling.fingerprint import diff_settings, short_hash
+from ..sampling.jsonl import append_jsonl, repair_jsonl
 from ..sampling.llm_judge import (
     DEFAULT_JUDGE_SYSTEM_PROMPT,
     DEFAULT_PAIRWISE_TEMPLATE,
@@ -47,6 +52,7 @@ __all__ = [
 ]
 
 _OUTCOME = {1.0: "win", 0.5: "tie", 0.0: "loss"}
+JUDGMENT_PARSER = "pairwise-verdict-v1"  # bump when parse_pairwise_verdict changes what it accepts
 
 
 @dataclass
@@ -244,9 +250,11 @@ def llm_judge_win_rate(
         template: user message with `{question}`, `{answer_a}` and `{answer_b}` (`str.format`: double literal
             braces); the reply must end with `[[A]]`, `[[B]]` or `[[C]]` unless you also change the parser.
         system_prompt: system message (`None` for none).
-        cache_file: JSONL of finished judgments (`{"index", "key", "verdicts", "replies"}`), appended as they arrive
-            and skipped on a rerun when their `key` (a hash of the judge model, prompts and both answers) still
-            matches, so a run stopped by an unreachable endpoint loses nothing already paid for.
+        cache_file: JSONL of finished judgments (`{"index", "key", "setup", "verdicts", "replies"}`), appended as they
+            arrive; a rerun skips a prompt whose record `key` (a hash of the judge setup, the question and both
+            answers) still matches and whose two verdicts parsed, and asks again only for unparsed orders, so a run
+            stopped by an unreachable endpoint loses nothing already paid for. A cache made with another judge setup
+            (model, request settings, system prompt, template) stops the run with a `ValueError` naming the change.
         max_workers: prompts judged concurrently (the client's rate limit is shared).
 
     Raises:
@@ -254,39 +262,54 @@ def llm_judge_win_rate(
         Unparseable verdicts do not raise: they are counted in `errors`.
     """
     model_rows, baseline_rows = _aligned(model_answers, baseline_answers)
-    done = {row["index"]: row for row in read_jsonl(cache_file)} if cache_file is not None else {}
+    setup = {
+        "judge": client.settings(),
+        "system_prompt": short_hash(system_prompt or ""),
+        "template": short_hash(template),
+        "parser": JUDGMENT_PARSER,
+    }
+    done = {}
     if cache_file is not None:
         Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+        records = repair_jsonl(cache_file)  # a damaged last line is dropped (and judged again)
+        other = next((r for r in records if r.get("setup") != setup), None)
+        if other is not None:
+            changes = "; ".join(diff_settings(other.get("setup"), setup))
+            raise ValueError(
+                f"The judgments cache {str(cache_file)!r} was made with another judge setup ({changes}). Its "
+                f"{len(records)} judgments were paid for: pass another cache file (--judge_cache) to keep them, or "
+                "delete it to judge everything again with this setup."
+            )
+        done = {record["index"]: record for record in records}  # later lines win
     lock = threading.Lock()
 
     def inputs(row, base):
         question = prompt_text(row["prompt"])
         answer, base_answer = answer_text(row["completions"][0]), answer_text(base["completions"][0])
-        key = json.dumps([client.model, system_prompt, template, question, answer, base_answer])
-        return question, answer, base_answer, hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+        return question, answer, base_answer, short_hash([setup, question, answer, base_answer])
 
-    def judge(row, base):
+    def judge(row, base, previous):
         question, answer, base_answer, key = inputs(row, base)
-        first, reply_first = judge_pair(client, system_prompt, template, question, answer, base_answer)
-        second, reply_second = judge_pair(client, system_prompt, template, question, base_answer, answer)
-        record = {
-            "index": row["index"],
-            "key": key,
-            "verdicts": [first, second],
-            "replies": [reply_first, reply_second],
-        }
+        verdicts, replies = list(previous["verdicts"]), list(previous["replies"])
+        orders = [(answer, base_answer), (base_answer, answer)]  # the model as A, then as B
+        for order, (a, b) in enumerate(orders):
+            if verdicts[order] is None:  # not yet judged, or the reply could not be parsed: ask (again)
+                verdicts[order], replies[order] = judge_pair(client, system_prompt, template, question, a, b)
+        record = {"index": row["index"], "key": key, "setup": setup, "verdicts": verdicts, "replies": replies}
         if cache_file is not None:
-            with lock, open(cache_file, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            with lock:
+                append_jsonl(cache_file, [record])
         return record
 
-    todo = [
-        (row, base)
-        for row, base in zip(model_rows, baseline_rows)
-        if done.get(row["index"], {}).get("key") != inputs(row, base)[3]
-    ]
+    todo = []
+    for row, base in zip(model_rows, baseline_rows):
+        record = done.get(row["index"])
+        if record is None or record.get("key") != inputs(row, base)[3]:
+            todo.append((row, base, {"verdicts": [None, None], "replies": [None, None]}))
+        elif None in record["verdicts"]:
+            todo.append((row, base, record))
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        futures = [pool.submit(judge, row, base) for row, base in todo]
+        futures = [pool.submit(judge, row, base, previous) for row, base, previous in todo]
         try:
             for future in tqdm(as_completed(futures), total=len(futures), desc="Judging", disable=not futures):
                 record = future.result()

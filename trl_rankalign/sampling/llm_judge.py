@@ -1,22 +1,20 @@
 """A small client for an OpenAI-compatible chat endpoint, and parsers for what a judge answers.
 
-[`JudgeClient.chat`] sends `POST {base_url}/chat/completions` and returns the reply's text, with a timeout per request,
-retries with exponential backoff on transient failures (timeouts, connection errors, HTTP 408/409/429/5xx, honouring
-`Retry-After`) and a shared rate limit in requests per second. It knows nothing about verdicts: the parsers below turn
-the text into a pairwise verdict ([`parse_pairwise_verdict`]), a 1-5 rating ([`parse_rating`]) or per-aspect ratings
-([`parse_aspect_ratings`]), raising [`VerdictParseError`] on anything else, so callers count garbage as an error,
-never as a result. Only the standard library is used (`urllib.request`).
+[`JudgeClient.chat`] sends `POST {base_url}/chat/completions` and returns the reply's text, through
+[`trl_rankalign.sampling.http.Endpoint`]: a timeout per request, retries with exponential backoff on transient failures
+(timeouts, connection errors, HTTP 408/409/429/5xx, honouring `Retry-After`), a shared rate limit in requests per
+second, no redirects followed (the key never travels to another host) and no secret in any error message. It knows
+nothing about verdicts: the parsers below turn the text into a pairwise verdict ([`parse_pairwise_verdict`]), a 1-5
+rating ([`parse_rating`]) or per-aspect ratings ([`parse_aspect_ratings`]), raising [`VerdictParseError`] on anything
+else, so callers count garbage as an error, never as a result.
 """
 
 import json
-import os
 import re
-import socket
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
+
+from .http import Endpoint, EndpointError, RateLimiter
 
 
 __all__ = [
@@ -47,47 +45,18 @@ DEFAULT_PAIRWISE_TEMPLATE = (
     "[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
 )
 
-_RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
 
 class JudgeError(RuntimeError):
     """Base class of the judge's errors."""
 
 
-class JudgeRequestError(JudgeError):
-    """The endpoint could not be reached or kept failing after every retry, or answered with a non-retryable error
-    or a body that is not a chat completion."""
+class JudgeRequestError(JudgeError, EndpointError):
+    """The endpoint could not be reached or kept failing after every retry, answered with a non-retryable error or a
+    redirect, or with a body that is not a chat completion."""
 
 
 class VerdictParseError(JudgeError, ValueError):
     """The judge's text holds no (or an ambiguous) verdict. Counted as an error by callers, never as a result."""
-
-
-class RateLimiter:
-    """At most `requests_per_second` calls to [`acquire`] start per second, across threads (`None`: unlimited)."""
-
-    def __init__(
-        self,
-        requests_per_second: float | None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ):
-        if requests_per_second is not None and requests_per_second <= 0:
-            raise ValueError(f"requests_per_second must be positive, got {requests_per_second}.")
-        self.interval = 0.0 if requests_per_second is None else 1.0 / requests_per_second
-        self._clock, self._sleep = clock, sleep
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        if self.interval == 0.0:
-            return
-        with self._lock:  # reserve a slot, then sleep outside the lock
-            now = self._clock()
-            start = max(now, self._next)
-            self._next = start + self.interval
-        if start > now:
-            self._sleep(start - now)
 
 
 class JudgeClient:
@@ -96,10 +65,11 @@ class JudgeClient:
 
     Args:
         base_url: e.g. `"https://api.openai.com/v1"` or `"http://localhost:8000/v1"`; `/chat/completions` is appended.
+            Credentials in the URL (`user:key@host`) are refused.
         model: the `model` field of each request.
         api_key_env: name of the environment variable holding the API key (sent as `Authorization: Bearer ...`);
             when it is unset no key is sent, which local servers accept. The key itself is never an argument, so it
-            never lands in a config file or a log.
+            never lands in a config file or a log, and it is masked in every error message.
         timeout: seconds per request before it counts as failed (then retried).
         max_retries: retries after the first attempt for transient failures.
         backoff: first wait in seconds; doubled after each failure, capped at `max_backoff`.
@@ -125,97 +95,65 @@ class JudgeClient:
     ):
         if not base_url:
             raise ValueError("The judge needs a base URL, e.g. http://localhost:8000/v1.")
-        if max_retries < 0 or timeout <= 0:
-            raise ValueError("max_retries must be >= 0 and timeout > 0.")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.endpoint = Endpoint(
+            base_url,
+            api_key_env=api_key_env,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            requests_per_second=requests_per_second,
+            error_class=JudgeRequestError,
+            what="Judge endpoint",
+            sleep=sleep,
+        )
+        self.url = self.endpoint.display_url + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.extra_body = dict(extra_body or {})
-        self.rate_limiter = RateLimiter(requests_per_second)
-        self._sleep = sleep
+        self.rate_limiter = self.endpoint.rate_limiter
 
-    def _headers(self) -> dict:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _post(self, body: bytes) -> dict:
-        request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            return json.loads(response.read().decode("utf-8"))
-
-    def _wait(self, attempt: int, retry_after: str | None) -> float:
-        wait = min(self.backoff * 2**attempt, self.max_backoff)
-        if retry_after:
-            try:
-                wait = min(max(wait, float(retry_after)), self.max_backoff)
-            except ValueError:
-                pass  # an HTTP date: keep the exponential wait
-        return wait
+    def settings(self) -> dict:
+        """What changes the judge's replies (part of every judgment cache key): model and request fields."""
+        return {
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "extra_body": self.extra_body,
+        }
 
     def chat(self, messages: list[dict]) -> str:
         """Send `messages` (`[{"role", "content"}]`) and return the first choice's text.
 
         Raises:
             [`JudgeRequestError`]: after `max_retries` retries of transient failures (the message names the URL, the
-            number of attempts and the last error), at once for other HTTP errors (401, 404, ...), or when the body
-            is not a chat completion.
+            number of attempts and the last error), at once for other HTTP errors (401, 404, ...) and redirects, or
+            when the body is not a chat completion.
         """
-        body = json.dumps(
+        data = self.endpoint.post(
+            "/chat/completions",
             {
                 "model": self.model,
                 "messages": messages,
                 "temperature": self.temperature,
                 "max_tokens": self.max_tokens,
                 **self.extra_body,
-            }
-        ).encode("utf-8")
-        last_error = "no attempt made"
-        for attempt in range(self.max_retries + 1):
-            self.rate_limiter.acquire()
-            retry_after = None
-            try:
-                data = self._post(body)
-            except urllib.error.HTTPError as error:
-                detail = error.read().decode("utf-8", "replace")[:300]
-                last_error = f"HTTP {error.code}: {detail}"
-                if error.code not in _RETRYABLE_STATUS:
-                    hint = f" (is ${self.api_key_env} set?)" if error.code in (401, 403) and self.api_key_env else ""
-                    raise JudgeRequestError(
-                        f"Judge endpoint {self.url} refused the request: {last_error}{hint}"
-                    ) from None
-                retry_after = error.headers.get("Retry-After") if error.headers else None
-            except TimeoutError as error:
-                last_error = f"timed out after {self.timeout} s ({error})"
-            except urllib.error.URLError as error:
-                if isinstance(error.reason, TimeoutError | socket.timeout):
-                    last_error = f"timed out after {self.timeout} s"
-                else:
-                    last_error = f"connection failed: {error.reason}"
-            except (ConnectionError, json.JSONDecodeError, UnicodeDecodeError) as error:
-                last_error = f"{type(error).__name__}: {error}"
-            else:
-                try:
-                    content = data["choices"][0]["message"]["content"]
-                except (KeyError, IndexError, TypeError):
-                    raise JudgeRequestError(
-                        f"Judge endpoint {self.url} answered with something that is not a chat completion: "
-                        f"{json.dumps(data)[:300]}"
-                    ) from None
-                return content if isinstance(content, str) else ""
-            if attempt < self.max_retries:
-                self._sleep(self._wait(attempt, retry_after))
-        raise JudgeRequestError(
-            f"Judge endpoint {self.url} failed after {self.max_retries + 1} attempts; last error: {last_error}"
+            },
         )
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise JudgeRequestError(
+                self.endpoint.redact(
+                    f"Judge endpoint {self.url} answered with something that is not a chat completion: "
+                    f"{json.dumps(data)[:300]}"
+                )
+            ) from None
+        return content if isinstance(content, str) else ""
 
 
 _PAIRWISE = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.IGNORECASE)

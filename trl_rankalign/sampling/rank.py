@@ -21,18 +21,23 @@ parsed comparison is dropped. A row left with fewer than 2 scored candidates is 
 
 Outputs under `output_dir`:
 
-- `verdicts.jsonl`: one record per finished prompt, appended as it finishes: `index`, `key` (hash of the scoring
-  setup, prompt and candidates), `prompt`, `completions` (all K candidates), `judgments` (the judge's raw replies
-  and parsed verdicts), `parse_errors`, `scores` (K floats, `null` for a dropped candidate). A rerun skips the
-  indices already there with the same `key`, so a run stopped by an unreachable endpoint loses nothing paid for;
-- `candidates/<p>-<policy name>.jsonl`: the generated candidates of policy `p` (resumable generation cache);
+- `verdicts.jsonl`: one record per finished prompt, appended as it finishes: `index`, `setup` (what scores depend
+  on: the scorer's identity, i.e. a reward model's fingerprint or a callable's module, name and source code, or the
+  judge's model, request settings, prompts, aspects and parser), `key` (hash of the setup, prompt and candidates),
+  `prompt`, `completions` (all K candidates), `judgments` (the judge's raw replies and parsed verdicts),
+  `parse_errors`, `scores` (K floats, `null` for a dropped candidate). A rerun skips the indices already there with
+  the same `key`, asking the judge again only for the verdicts it could not parse, so a run stopped by an
+  unreachable endpoint loses nothing paid for. Records scored by another reward are rescored; records judged with
+  another judge setup stop the run (they were paid for: use another `output_dir`, or delete `verdicts.jsonl`);
+- `candidates/<p>-<policy name>.jsonl`: the generated candidates of policy `p` (resumable generation cache, keyed
+  on the policy's fingerprint, K and the decoding settings: changed settings regenerate them, unless the judge has
+  already been paid for verdicts on the old ones, which stops the run with a message naming the setting);
 - `ranked/` (`Dataset.save_to_disk`) and `ranked.jsonl`: rows `{"prompt", "completions", "scores"}`;
 - `summary.json`: the counts: prompts, candidates, requests (of all finished prompts; `requests_this_run` of those
   finished by this run), parse errors, empty / dropped candidates, dropped rows, rows kept.
 """
 
 import gc
-import hashlib
 import json
 import logging
 import os
@@ -48,7 +53,9 @@ from tqdm.auto import tqdm
 
 from ..data.schema import validate_ranked_example
 from .answers import generate_answers, model_name_from_path
-from .generation import read_jsonl
+from .fingerprint import diff_settings, short_hash
+from .generation import StaleCacheError, scorer_identity
+from .jsonl import append_jsonl, repair_jsonl
 from .llm_judge import (
     DEFAULT_JUDGE_SYSTEM_PROMPT,
     DEFAULT_PAIRWISE_TEMPLATE,
@@ -101,6 +108,7 @@ DEFAULT_RATING_TEMPLATE = (
 )
 
 _PAIRWISE_SCORE = {"A": 1.0, "tie": 0.5, "B": 0.0}  # score of assistant A
+VERDICT_PARSERS = {"rating": "aspect-ratings-v1", "pairwise": "pairwise-verdict-v1"}  # bump when a parser changes
 
 
 # ------------------------------------------------------------------------------------------------- Bradley-Terry
@@ -206,26 +214,41 @@ def _pairwise_messages(prompt, a, b, template: str, system_prompt: str | None) -
 
 
 # ------------------------------------------------------------------------------------------------- scoring one row
-def _judge_rating(client: JudgeClient, prompt, completions, aspects, template, system_prompt) -> dict:
-    judgments, scores = [], []
+def _judge_rating(client: JudgeClient, prompt, completions, aspects, template, system_prompt, previous=None) -> dict:
+    """One request per candidate; with `previous` judgments, only those whose ratings could not be parsed are asked
+    again. `asked` counts this call's requests."""
+    done = {j["candidate"]: j for j in (previous or []) if j.get("ratings") is not None}
+    judgments, scores, asked = [], [], 0
     for k, completion in enumerate(completions):
-        reply = client.chat(rating_messages(prompt, completion, aspects, template, system_prompt))
-        try:
-            ratings = parse_aspect_ratings(reply, list(aspects))
-        except VerdictParseError:
-            ratings = None
-        judgments.append({"candidate": k, "reply": reply, "ratings": ratings})
+        if k in done:
+            judgment = done[k]
+        else:
+            reply = client.chat(rating_messages(prompt, completion, aspects, template, system_prompt))
+            asked += 1
+            try:
+                ratings = parse_aspect_ratings(reply, list(aspects))
+            except VerdictParseError:
+                ratings = None
+            judgment = {"candidate": k, "reply": reply, "ratings": ratings}
+        judgments.append(judgment)
+        ratings = judgment["ratings"]
         scores.append(None if ratings is None else float(np.mean(list(ratings.values()))))
-    return {"judgments": judgments, "scores": scores}
+    return {"judgments": judgments, "scores": scores, "asked": asked}
 
 
-def _judge_pairwise(client: JudgeClient, prompt, completions, prior, template, system_prompt) -> dict:
-    judgments = []
+def _judge_pairwise(client: JudgeClient, prompt, completions, prior, template, system_prompt, previous=None) -> dict:
+    """Both orders of every pair; with `previous` judgments, only the unparsed orders are asked again."""
+    done = {(j["a"], j["b"]): j for j in (previous or []) if j.get("verdict") is not None}
+    judgments, asked = [], 0
     for i in range(len(completions)):
         for j in range(i + 1, len(completions)):
             for a, b in ((i, j), (j, i)):  # both orders
+                if (a, b) in done:
+                    judgments.append(done[(a, b)])
+                    continue
                 messages = _pairwise_messages(prompt, completions[a], completions[b], template, system_prompt)
                 reply = client.chat(messages)
+                asked += 1
                 try:
                     verdict = parse_pairwise_verdict(reply)
                 except VerdictParseError:
@@ -236,7 +259,7 @@ def _judge_pairwise(client: JudgeClient, prompt, completions, prior, template, s
     position = {k: n for n, k in enumerate(compared)}
     strengths = bradley_terry(len(compared), [(position[a], position[b], s) for a, b, s in parsed], prior=prior)
     scores = [strengths[position[k]] if k in position else None for k in range(len(completions))]
-    return {"judgments": judgments, "scores": scores}
+    return {"judgments": judgments, "scores": scores, "asked": asked}
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -250,7 +273,7 @@ def split_num_samples(num_samples: int, num_policies: int) -> list[int]:
     return [num_samples // num_policies + (p < num_samples % num_policies) for p in range(num_policies)]
 
 
-def _generate(prompts, policies, num_samples, output_dir: Path, generation_kwargs) -> list[list]:
+def _generate(prompts, policies, num_samples, output_dir: Path, generation_kwargs, on_stale) -> list[list]:
     """Candidates per prompt: policy 0's samples first, then policy 1's, ... (one resumable JSONL per policy)."""
     counts = split_num_samples(num_samples, len(policies))
     candidates = [[] for _ in prompts]
@@ -260,7 +283,13 @@ def _generate(prompts, policies, num_samples, output_dir: Path, generation_kwarg
         name = model_name_from_path(model) if isinstance(model, str | os.PathLike) else type(model).__name__
         kwargs = {"do_sample": True, **generation_kwargs, "seed": generation_kwargs.get("seed", 0) + p}
         rows = generate_answers(
-            model, prompts, output_dir / "candidates" / f"{p}-{name}.jsonl", tokenizer, num_samples=count, **kwargs
+            model,
+            prompts,
+            output_dir / "candidates" / f"{p}-{name}.jsonl",
+            tokenizer,
+            num_samples=count,
+            on_stale=on_stale,
+            **kwargs,
         )
         for row in rows:
             candidates[row["index"]].extend(row["completions"])
@@ -276,7 +305,7 @@ def _is_empty(completion: Any) -> bool:
 
 
 def _key(setup: Any, prompt: Any, completions: list) -> str:
-    return hashlib.sha256(json.dumps([setup, prompt, completions]).encode("utf-8")).hexdigest()[:16]
+    return short_hash([setup, prompt, completions])
 
 
 # ------------------------------------------------------------------------------------------------- the stage
@@ -324,15 +353,17 @@ def rank_candidates(
         batch_size: prompts per scorer call (reward) and per `generate` call.
         max_workers: prompts judged concurrently (the client's rate limit is shared by all).
         limit: use only the first `limit` prompts.
-        generation_kwargs: for [`trl_rankalign.evaluation.generate_answers`] (`max_new_tokens`, `temperature`,
-            `top_p`, `seed`, `do_sample` (default True), `device`); policy `p` is seeded with `seed + p`.
+        generation_kwargs: for [`trl_rankalign.sampling.answers.generate_answers`] (`max_new_tokens`, `temperature`,
+            `top_k`, `top_p`, `seed`, `do_sample` (default True), `device`, and the generation backend:
+            `backend` with its options); policy `p` is seeded with `seed + p`.
 
     Returns:
         `datasets.Dataset` of the kept rows, each candidate list in input order with its scores (higher is better).
 
     Raises:
-        `ValueError` for bad inputs or when every row is dropped; [`JudgeRequestError`] when the endpoint keeps
-        failing (after the finished prompts are saved).
+        `ValueError` for bad inputs, when every row is dropped, or when a changed setting would discard verdicts
+        the judge was paid for (naming the setting); [`JudgeRequestError`] when the endpoint keeps failing (after the
+        finished prompts are saved).
     """
     if (reward is None) == (judge is None):
         raise ValueError("Pass exactly one of `reward` (a reward model or callable) and `judge` (an LLM judge).")
@@ -344,8 +375,56 @@ def rank_candidates(
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = load_prompts(prompts, prompt_column, reference_column=None, limit=limit)
     texts = [row["prompt"] for row in rows]
+    if len({isinstance(p, str) for p in texts}) > 1:  # before generating or scoring anything
+        raise ValueError("The prompts mix strings and chat-message lists: a ranked dataset holds one kind.")
+
+    # The scoring setup: what a finished record must match to be reused.
+    if judge is None:
+        scorer = as_scorer(reward)
+        method, setup = "reward", {"method": "reward", "scorer": scorer_identity(scorer)}
+    else:
+        method = judge_mode
+        if judge_mode == "rating":
+            aspects = _aspects(aspects)
+            template = template or DEFAULT_RATING_TEMPLATE
+            system_prompt = system_prompt if system_prompt is not None else DEFAULT_RATING_SYSTEM_PROMPT
+        else:
+            template = template or DEFAULT_PAIRWISE_TEMPLATE
+            system_prompt = system_prompt if system_prompt is not None else DEFAULT_JUDGE_SYSTEM_PROMPT
+        setup = {
+            "method": method,
+            "judge": judge.settings(),
+            "system_prompt": short_hash(system_prompt or ""),
+            "template": short_hash(template),
+            "aspects": aspects if judge_mode == "rating" else None,
+            "bt_prior": bt_prior if judge_mode == "pairwise" else None,
+            "parser": VERDICT_PARSERS[judge_mode],
+        }
+    setup = json.loads(json.dumps(setup))  # as read back from the file
+
+    verdicts_file = output_dir / "verdicts.jsonl"
+    records = [r for r in repair_jsonl(verdicts_file) if isinstance(r.get("index"), int)]  # damaged lines redone
+    paid = [r for r in records if r.get("judgments")]  # the judge was asked (and paid) for these
+    other = next((r for r in paid if r.get("setup") != setup), None)
+    if other is not None:
+        raise ValueError(
+            f"{verdicts_file} holds {len(paid)} prompts judged with another setup "
+            f"({'; '.join(diff_settings(other.get('setup'), setup))}). They were paid for: rerun with that setup to "
+            "keep using them, or use another --output_dir (or delete verdicts.jsonl) to judge again."
+        )
+
     if policies:
-        candidates = _generate(texts, list(policies), num_samples, output_dir, dict(generation_kwargs or {}))
+        on_stale = "error" if paid else "regenerate"  # regenerating would make the paid verdicts useless
+        try:
+            candidates = _generate(
+                texts, list(policies), num_samples, output_dir, dict(generation_kwargs or {}), on_stale
+            )
+        except StaleCacheError as error:
+            raise ValueError(
+                f"{error} Regenerating the candidates would discard the {len(paid)} prompts the judge already scored "
+                f"in {verdicts_file}: rerun with the settings they were generated with, or use another --output_dir "
+                "(or delete candidates/ and verdicts.jsonl) to start over."
+            ) from None
     elif candidates is None:
         missing = [i for i, row in enumerate(rows) if completions_column not in row]
         if missing:
@@ -361,57 +440,42 @@ def rank_candidates(
     candidates = [list(c) for c in candidates]
     empty = sum(_is_empty(c) for cands in candidates for c in cands)
     candidates = [[c for c in cands if not _is_empty(c)] for cands in candidates]
-    if len({isinstance(p, str) for p in texts}) > 1:
-        raise ValueError("The prompts mix strings and chat-message lists: a ranked dataset holds one kind.")
     for i, (prompt, cands) in enumerate(zip(texts, candidates)):  # fail before paying for a judge, not after
         if len(cands) >= 2:  # rows with fewer are dropped (and counted) at the end
             validate_ranked_example({"prompt": prompt, "completions": cands, "scores": [0.0] * len(cands)}, i)
-
-    # The scoring setup: what a finished record must match to be reused.
-    if judge is None:
-        scorer = as_scorer(reward)
-        method, setup = "reward", ["reward", getattr(scorer, "name", "reward")]
-    else:
-        method = judge_mode
-        if judge_mode == "rating":
-            aspects = _aspects(aspects)
-            template = template or DEFAULT_RATING_TEMPLATE
-            system_prompt = system_prompt if system_prompt is not None else DEFAULT_RATING_SYSTEM_PROMPT
-        else:
-            template = template or DEFAULT_PAIRWISE_TEMPLATE
-            system_prompt = system_prompt if system_prompt is not None else DEFAULT_JUDGE_SYSTEM_PROMPT
-        setup = [method, judge.model, system_prompt, template, aspects if judge_mode == "rating" else bt_prior]
     keys = [_key(setup, p, c) for p, c in zip(texts, candidates)]
 
-    verdicts_file = output_dir / "verdicts.jsonl"
-    done = {r["index"]: r for r in read_jsonl(verdicts_file) if r.get("index", -1) < len(texts)}
+    done = {r["index"]: r for r in records if r["index"] < len(texts)}  # later lines win
     done = {i: r for i, r in done.items() if r.get("key") == keys[i]}
+    retry = {i: r["judgments"] for i, r in done.items() if r.get("parse_errors")}  # garbled verdicts: ask again
+    done = {i: r for i, r in done.items() if i not in retry}
     todo = [i for i in range(len(texts)) if i not in done]
-    if done:
-        logger.info("%s: %d prompts already scored, %d to go.", verdicts_file, len(done), len(todo))
+    if done or retry:
+        logger.info(
+            "%s: %d prompts already scored, %d to go (%d to re-ask for unparsed verdicts).",
+            verdicts_file, len(done), len(todo), len(retry),
+        )  # fmt: skip
     lock = threading.Lock()
     requests_this_run = [0]
 
     def save(record: dict) -> None:
-        with lock, open(verdicts_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        with lock:
+            append_jsonl(verdicts_file, [record])
         done[record["index"]] = record
 
     def judge_row(i: int) -> dict:
         if len(candidates[i]) < 2:  # nothing to rank: no request
-            result = {"judgments": [], "scores": [None] * len(candidates[i])}
+            result = {"judgments": [], "scores": [None] * len(candidates[i]), "asked": 0}
         elif judge_mode == "rating":
-            result = _judge_rating(judge, texts[i], candidates[i], aspects, template, system_prompt)
+            result = _judge_rating(judge, texts[i], candidates[i], aspects, template, system_prompt, retry.get(i))
         else:
-            result = _judge_pairwise(judge, texts[i], candidates[i], bt_prior, template, system_prompt)
+            result = _judge_pairwise(judge, texts[i], candidates[i], bt_prior, template, system_prompt, retry.get(i))
         with lock:
-            requests_this_run[0] += len(result["judgments"])
+            requests_this_run[0] += result.pop("asked")
         parsed = "ratings" if judge_mode == "rating" else "verdict"
         errors = sum(j[parsed] is None for j in result["judgments"])
-        return {"index": i, "key": keys[i], "prompt": texts[i], "completions": candidates[i], **result,
-                "parse_errors": errors}  # fmt: skip
+        return {"index": i, "setup": setup, "key": keys[i], "prompt": texts[i], "completions": candidates[i],
+                **result, "parse_errors": errors}  # fmt: skip
 
     progress = tqdm(total=len(todo), desc=f"Ranking ({method})", disable=not todo)
     if judge is None:
@@ -421,7 +485,7 @@ def rank_candidates(
             flat = scorer(flat_prompts, [c for i in batch for c in candidates[i]])
             for i in batch:
                 scores, flat = flat[: len(candidates[i])], flat[len(candidates[i]) :]
-                save({"index": i, "key": keys[i], "prompt": texts[i], "completions": candidates[i],
+                save({"index": i, "setup": setup, "key": keys[i], "prompt": texts[i], "completions": candidates[i],
                       "judgments": [], "parse_errors": 0, "scores": scores})  # fmt: skip
             progress.update(len(batch))
     else:
