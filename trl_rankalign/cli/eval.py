@@ -9,6 +9,11 @@ trl-rankalign eval win-rate --answers A.jsonl --baseline B.jsonl --judge_base_ur
 trl-rankalign eval text-metrics --answers answers/policy.jsonl --prompts prompts.jsonl
 trl-rankalign eval export --answers answers/policy.jsonl --format alpaca_eval --output outputs.json
 trl-rankalign eval plot --trainer_state outputs/rankdpo --output_dir plots/
+trl-rankalign eval generate --model CKPT --prompts mt_bench/question.jsonl --multi_turn --output_dir answers/
+trl-rankalign eval generate --model BASE --prompts prompts.jsonl --few_shot 2 --few_shot_examples shots.jsonl ...
+trl-rankalign eval mt-bench --answers answers/policy.jsonl [--baseline answers/sft.jsonl] --judge_base_url URL ...
+trl-rankalign eval agreement --comparisons human.jsonl --judges bleu rouge chrf --reward_fn mod:fn --output a.json
+trl-rankalign eval harness --model CKPT --tasks hellaswag arc_challenge --output_dir evals/
 ```
 Options take `--snake_case` (as TRL's) or `--kebab-case`. Errors in the inputs (missing file or checkpoint, empty
 prompt set, unreachable judge, ...) print one `error:` line and return 1; whatever was written before stays on disk
@@ -57,6 +62,22 @@ def add_eval_parser(subparsers) -> None:
     _opt(generate, "top_p", type=float, default=1.0, help="with --do_sample")
     _opt(generate, "num_samples", type=int, default=1, help="answers per prompt (win rates use the first)")
     _opt(generate, "seed", type=int, default=0)
+    _opt(
+        generate,
+        "multi_turn",
+        action="store_true",
+        help="--prompts is a multi-turn question set (MT-Bench's "
+        "question.jsonl: question_id, category, turns); later turns see the model's own answers",
+    )
+    _opt(
+        generate,
+        "no_category_temperatures",
+        action="store_true",
+        help="multi-turn: not MT-Bench's per-category temperatures",
+    )
+    _opt(generate, "few_shot", type=int, default=None, help="k-shot prompts for a base model (no chat template)")
+    _opt(generate, "few_shot_examples", help="JSONL/JSON of worked examples with the template's fields")
+    _opt(generate, "few_shot_template", default="dialogue", help="dialogue (HH format) or summarization (TL;DR)")
     add_generation_arguments(generate)
 
     win_rate = commands.add_parser("win-rate", help="pairwise win rate vs a baseline (reward model or LLM judge)")
@@ -86,16 +107,53 @@ def add_eval_parser(subparsers) -> None:
 
     export = commands.add_parser("export", help="answers in AlpacaEval or MT-Bench (FastChat) input format")
     _opt(export, "answers", required=True)
-    _opt(export, "format", required=True, choices=["alpaca_eval", "mt_bench"])
+    _opt(export, "format", required=True, choices=["alpaca_eval", "mt_bench", "arena_hard"])
     _opt(export, "output", required=True, help="alpaca_eval: the JSON file; mt_bench: the bench folder")
     _opt(export, "model_name", help="generator / model_id (default: the answers file name)")
     _opt(export, "dataset", help="alpaca_eval 'dataset' field")
     _add_prompt_options(export, required=False)
     _opt(export, "question_id_column", default="question_id", help="mt_bench: question ids from --prompts")
 
-    plot = commands.add_parser("plot", help="PNG curves from a run's trainer_state.json")
-    _opt(plot, "trainer_state", required=True, help="trainer_state.json or the run's output folder")
+    plot = commands.add_parser("plot", help="PNG curves from a run's trainer_state.json (or an iterate run's rounds)")
+    source = plot.add_mutually_exclusive_group(required=True)
+    _opt(source, "trainer_state", help="trainer_state.json or the run's output folder")
+    _opt(source, "rounds", help="an iterate run's folder (or its rounds.jsonl): per-round curves")
     _opt(plot, "output_dir", required=True)
+
+    mt_bench = commands.add_parser("mt-bench", help="MT-Bench grading per turn by an LLM judge (single or pairwise)")
+    _opt(mt_bench, "answers", required=True, help="multi-turn answers (eval generate --multi_turn)")
+    _opt(mt_bench, "baseline", help="the baseline's multi-turn answers: pairwise grading (both orders) instead")
+    _opt(mt_bench, "judge_base_url", required=True, help="OpenAI-compatible endpoint")
+    add_judge_client_arguments(mt_bench)
+    _opt(mt_bench, "judge_cache", help="judgments JSONL (default: next to the answers)")
+    _opt(mt_bench, "output", help="write the result to this JSON file")
+
+    agreement = commands.add_parser("agreement", help="how well each automatic judge agrees with human preferences")
+    _opt(agreement, "comparisons", required=True, help="human comparisons: .jsonl/.json or a save_to_disk folder")
+    _opt(
+        agreement,
+        "format",
+        default="auto",
+        help="auto, pairwise, ranked, mt_bench_human, summarize_from_feedback, hh_rlhf",
+    )
+    _opt(agreement, "judges", nargs="*", default=[], choices=["bleu", "rouge", "chrf"], help="reference-based judges")
+    _opt(agreement, "reward_model", help="also judge with this reward model")
+    _opt(agreement, "reward_fn", help="also judge with this callable 'module:function'")
+    _opt(agreement, "judge_base_url", help="also judge with this LLM (pairwise, both orders)")
+    add_judge_client_arguments(agreement)
+    _opt(agreement, "num_resamples", type=int, default=1000, help="bootstrap resamples")
+    _opt(agreement, "output", required=True, help="the JSON result (a PNG bar chart is written beside it)")
+
+    harness = commands.add_parser("harness", help="lm-evaluation-harness tasks on a checkpoint (extra `harness`)")
+    _opt(harness, "model", required=True, help="a saved checkpoint folder")
+    _opt(harness, "tasks", nargs="+", required=True, help="harness tasks or groups; open_llm_leaderboard_v1")
+    _opt(harness, "output_dir", required=True, help="writes <output_dir>/harness/<name>.json")
+    _opt(harness, "num_fewshot", type=int, default=None)
+    _opt(harness, "batch_size", default="8")
+    _opt(harness, "limit", type=float, default=None, help="examples per task (a smoke run)")
+    _opt(harness, "include_path", help="folder of task YAMLs of your own")
+    _opt(harness, "device", default=None)
+    _opt(harness, "dtype", default="auto")
 
     evaluation.set_defaults(func=run_eval)
 
@@ -137,6 +195,8 @@ def _generate(args) -> None:
     from ..sampling.answers import generate_answers_for_models, model_name_from_path
     from ..sampling.arguments import backend_options
 
+    if args.multi_turn:
+        return _generate_multi_turn(args)
     names = args.name or [model_name_from_path(m) for m in args.model]
     if len(names) != len(args.model):
         raise ValueError(f"{len(args.name)} --name for {len(args.model)} --model: give one name per model.")
@@ -144,9 +204,21 @@ def _generate(args) -> None:
         raise ValueError(f"Two checkpoints would write the same answers file ({names}): pass --name for each.")
     if args.generation_backend == "server" and len(args.model) > 1:
         raise ValueError("The server backend serves one model (--generation_model): give one --model per run.")
+    prompts = _load_prompt_set(args)
+    template = None
+    if args.few_shot is not None:  # k-shot plain-text prompts for a base model
+        from ..sampling.few_shot import build_few_shot_prompts, few_shot_template
+        from ..sampling.prompts import load_rows
+
+        if args.few_shot > 0 and not args.few_shot_examples:
+            raise ValueError("--few_shot needs --few_shot_examples (a file of worked examples).")
+        examples = load_rows(args.few_shot_examples) if args.few_shot_examples else []
+        template = few_shot_template(args.few_shot_template)
+        texts = build_few_shot_prompts([row["prompt"] for row in prompts], examples, args.few_shot, template)
+        prompts = [{**row, "prompt": text} for row, text in zip(prompts, texts)]
     files = generate_answers_for_models(
         dict(zip(names, args.model)),
-        _load_prompt_set(args),
+        prompts,
         args.output_dir,
         max_new_tokens=args.max_new_tokens,
         do_sample=args.do_sample,
@@ -158,7 +230,48 @@ def _generate(args) -> None:
         seed=args.seed,
         **backend_options(args),
     )
+    if template is not None:  # a base model goes on to write the next example: cut there
+        from ..sampling.few_shot import cut_at_stop
+        from ..sampling.jsonl import read_jsonl, write_jsonl
+
+        for path in files.values():
+            rows = read_jsonl(path)
+            for row in rows:
+                row["completions"] = [cut_at_stop(c, template.stop) for c in row["completions"]]
+            write_jsonl(path, rows)
     print(json.dumps(files, indent=2))
+
+
+def _generate_multi_turn(args) -> None:
+    """MT-Bench's protocol: every turn, later turns in the model's own conversation; `<name>.jsonl` holds one row per
+    question `{question_id, category, turns, answers}`, `<name>.turns.jsonl` the resumable per-turn cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..sampling.answers import model_name_from_path, safe_answers_name
+    from ..sampling.arguments import backend_options
+    from ..sampling.jsonl import write_jsonl
+    from ..sampling.multi_turn import MT_BENCH_TEMPERATURES, generate_multi_turn_answers, load_questions
+
+    questions = load_questions(args.prompts, limit=args.limit)
+    names = args.name or [model_name_from_path(m) for m in args.model]
+    for name, checkpoint in zip(names, args.model):
+        output = Path(args.output_dir) / f"{safe_answers_name(name)}.jsonl"
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        model = None if args.generation_backend == "server" else AutoModelForCausalLM.from_pretrained(checkpoint)
+        rows = generate_multi_turn_answers(
+            model,
+            tokenizer,
+            questions,
+            output.with_suffix(".turns.jsonl"),
+            temperature_by_category=None if args.no_category_temperatures else MT_BENCH_TEMPERATURES,
+            model_identity=None if model is not None else str(checkpoint),
+            temperature=args.temperature if args.do_sample else 0.0,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            **backend_options(args),
+        )
+        write_jsonl(output, rows)
+        print(output)
 
 
 def add_judge_client_arguments(parser) -> None:
@@ -244,9 +357,23 @@ def _text_metrics(args) -> None:
 
 
 def _export(args) -> None:
-    from ..evaluation.export import to_alpaca_eval, to_mt_bench
+    from ..evaluation.export import to_alpaca_eval, to_arena_hard, to_mt_bench
+    from ..sampling.jsonl import read_jsonl
 
     name = args.model_name or Path(args.answers).stem
+    rows = read_jsonl(args.answers)
+    if rows and "answers" in rows[0]:  # multi-turn answers (eval generate --multi_turn)
+        if args.format != "mt_bench":
+            raise ValueError("Multi-turn answers export to --format mt_bench only.")
+        print(to_mt_bench(rows, name, args.output))
+        return
+    if args.format == "arena_hard":
+        uids = None
+        if args.prompts:
+            prompts = _load_prompt_set(args)
+            uids = [str(row.get("uid", index)) for index, row in enumerate(prompts)]
+        print(to_arena_hard(args.answers, name, args.output, uids=uids))
+        return
     if args.format == "alpaca_eval":
         to_alpaca_eval(args.answers, name, args.output, dataset=args.dataset)
         print(args.output)
@@ -260,9 +387,71 @@ def _export(args) -> None:
 
 
 def _plot(args) -> None:
-    from ..evaluation.plots import plot_training_curves
+    from ..evaluation.plots import plot_rounds, plot_training_curves
 
+    if args.rounds:
+        print(json.dumps(plot_rounds(args.rounds, args.output_dir), indent=2))
+        return
     print(json.dumps(plot_training_curves(args.trainer_state, args.output_dir), indent=2))
+
+
+def _mt_bench(args) -> None:
+    from ..evaluation.mt_bench import judge_pairwise, judge_single
+    from ..sampling.jsonl import read_jsonl
+
+    rows = read_jsonl(args.answers)
+    if not rows or "answers" not in rows[0]:
+        raise ValueError(f"{args.answers!r} holds no multi-turn answers: run `eval generate --multi_turn` first.")
+    client = judge_client_from_args(args)
+    answers = Path(args.answers)
+    if args.baseline:
+        cache = args.judge_cache or answers.with_name(f"{answers.stem}.vs.{Path(args.baseline).stem}.mt_bench.jsonl")
+        result = judge_pairwise(rows, read_jsonl(args.baseline), client, cache)
+    else:
+        result = judge_single(rows, client, args.judge_cache or answers.with_name(f"{answers.stem}.mt_bench.jsonl"))
+    print(json.dumps(result.to_dict(), indent=2))
+    _write_json(result.to_dict(), args.output)
+
+
+def _agreement(args) -> None:
+    from ..evaluation.agreement import agreement, load_comparisons, plot_agreement, score_items, write_agreement
+
+    items = load_comparisons(args.comparisons, format=args.format)
+    judges = [(name, {}) for name in args.judges]
+    if args.reward_model or args.reward_fn:
+        judges.append(("reward", {"reward": args.reward_model or _import_callable(args.reward_fn)}))
+    if args.judge_base_url:
+        judges.append(("llm", {"client": judge_client_from_args(args)}))
+    if not judges:
+        raise ValueError(
+            "Name at least one judge: --judges bleu rouge chrf, --reward_model, --reward_fn or --judge_base_url."
+        )
+    results = [
+        agreement(items, score_items(items, name, **kwargs), name, num_resamples=args.num_resamples)
+        for name, kwargs in judges
+    ]
+    write_agreement(results, args.output)
+    plot_agreement(results, Path(args.output).with_suffix(".png"))
+    print(json.dumps({r.judge: r.to_dict() for r in results}, indent=2))
+
+
+def _harness(args) -> None:
+    from ..evaluation.harness import run_harness
+
+    batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    results = run_harness(
+        args.model,
+        args.tasks,
+        args.output_dir,
+        num_fewshot=args.num_fewshot,
+        batch_size=batch_size,
+        limit=limit,
+        include_path=args.include_path,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    print(json.dumps(results, indent=2))
 
 
 _COMMANDS = {
@@ -271,6 +460,9 @@ _COMMANDS = {
     "text-metrics": _text_metrics,
     "export": _export,
     "plot": _plot,
+    "mt-bench": _mt_bench,
+    "agreement": _agreement,
+    "harness": _harness,
 }
 
 

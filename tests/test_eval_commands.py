@@ -1,0 +1,86 @@
+"""The evaluation commands of the source's plan, end to end through `trl-rankalign eval`: multi-turn MT-Bench answers,
+export and grading; few-shot baselines; agreement with human preferences; per-round plots."""
+
+import argparse
+import json
+from pathlib import Path
+
+from trl_rankalign.cli.eval import add_eval_parser, run_eval
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def cli(*argv) -> int:
+    parser = argparse.ArgumentParser()
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    return run_eval(parser.parse_args(["eval", *map(str, argv)]))
+
+
+def test_mt_bench_two_turns_export_and_grading(tiny_path, tmp_path, judge_server):
+    questions = FIXTURES / "mt_bench_questions.jsonl"
+    argv = ["generate", "--model", tiny_path, "--name", "tiny", "--prompts", questions, "--multi_turn"]
+    assert cli(*argv, "--output_dir", tmp_path, "--max_new_tokens", "6") == 0
+    rows = [json.loads(line) for line in (tmp_path / "tiny.jsonl").read_text().splitlines()]
+    assert [len(r["answers"]) for r in rows] == [2, 2] and rows[0]["question_id"] == 81
+
+    assert (
+        cli("export", "--answers", tmp_path / "tiny.jsonl", "--format", "mt_bench", "--output", tmp_path / "bench")
+        == 0
+    )
+    exported = [json.loads(x) for x in (tmp_path / "bench" / "model_answer" / "tiny.jsonl").read_text().splitlines()]
+    assert [len(line["choices"][0]["turns"]) for line in exported] == [2, 2]
+
+    judge_server.reply = lambda request: (200, "Rating: [[7]]")
+    output = tmp_path / "mt_bench.json"
+    argv = ["mt-bench", "--answers", tmp_path / "tiny.jsonl", "--judge_base_url", judge_server.base_url]
+    assert cli(*argv, "--judge_model", "stub", "--judge_api_key_env", "", "--output", output) == 0
+    result = json.loads(output.read_text())
+    assert result["per_turn"] == {"1": 7.0, "2": 7.0} and result["judged"] == 4
+
+
+def test_few_shot_baseline_answers_stop_at_the_next_example(tiny_path, tmp_path):
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text(
+        "".join(json.dumps({"prompt": f"Question {i}?", "completion": f"Answer {i}."}) + "\n" for i in range(2))
+    )
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Review of the soup:"}) + "\n")
+    argv = ["generate", "--model", tiny_path, "--name", "base", "--prompts", prompts, "--output_dir", tmp_path]
+    argv += ["--few_shot", "2", "--few_shot_examples", shots, "--max_new_tokens", "24", "--do_sample", "--seed", "1"]
+    assert cli(*argv) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "base.jsonl").read_text().splitlines()]
+    assert row["prompt"].startswith("Human: Question 0?\n\nAssistant: Answer 0.") and row["prompt"].endswith(
+        "Assistant:"
+    )
+    assert all("Human:" not in c for c in row["completions"])
+    assert (
+        cli("generate", "--model", tiny_path, "--prompts", prompts, "--output_dir", tmp_path, "--few_shot", "2") == 1
+    )
+
+
+def test_agreement_command_writes_json_and_chart(tmp_path):
+    comparisons = tmp_path / "human.jsonl"
+    rows = [
+        {
+            "prompt": "Summarise: the cat sat.",
+            "chosen": "The cat sat.",
+            "rejected": "A dog ran.",
+            "reference": "A cat sat.",
+        },
+        {"prompt": "Summarise: rain fell.", "chosen": "It rained.", "rejected": "Sun.", "reference": "Rain fell."},
+    ]
+    comparisons.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = tmp_path / "agreement.json"
+    argv = ["agreement", "--comparisons", comparisons, "--judges", "chrf", "rouge", "--output", output]
+    assert cli(*argv, "--reward_fn", "trl_rankalign.tiny.language:reward_fn") == 0
+    result = json.loads(output.read_text())
+    assert set(result) == {"chrf", "rouge", "reward"} and result["chrf"]["agreement"] == 1.0
+    assert output.with_suffix(".png").stat().st_size > 0
+    assert cli("agreement", "--comparisons", comparisons, "--output", output) == 1  # no judge named
+
+
+def test_plot_rounds_command(tmp_path):
+    (tmp_path / "rounds.jsonl").write_text(json.dumps({"round": 0, "mean_reward": 0.1, "lists": 3}) + "\n")
+    assert cli("plot", "--rounds", tmp_path, "--output_dir", tmp_path / "plots") == 0
+    assert (tmp_path / "plots" / "round_mean_reward.png").is_file()
