@@ -134,6 +134,8 @@ def test_config_and_prompt_rounds(tmp_path):
     with pytest.raises(ValueError, match="reference-free"):
         config(tmp_path, method="pro", reference="previous")
     assert config(tmp_path, num_samples=6).num_accepted == 3
+    with pytest.raises(ValueError, match="fixed served weights"):
+        config(tmp_path, generation_backend="server", generation_base_url="http://127.0.0.1:1/v1", generation_model="m")
     assert round_prompts(list("abcde"), 1, 3) == ["d", "e", "a"]
     assert round_prompts(list("abc"), 4, None) == ["a", "b", "c"]
 
@@ -161,3 +163,12 @@ def test_round_curves_are_plotted(tmp_path):
     assert set(written) == {"mean_reward", "kl_to_sft", "lists", "acceptance_rate"}
     with pytest.raises(FileNotFoundError, match="iterate"):
         plot_rounds(tmp_path / "nowhere", tmp_path / "plots")
+
+
+def test_configs_with_generation_options_keep_output_dir_first():
+    """`IterativeConfig("out")`, as TRL configs are built: the generation mixin's fields must not come first."""
+    from trl_rankalign import RAFTConfig, RSOConfig
+
+    for config_class in (IterativeConfig, RAFTConfig, RSOConfig):
+        args = config_class("out", bf16=False, use_cpu=True, report_to="none")
+        assert args.output_dir == "out" and args.generation_backend == "transformers"

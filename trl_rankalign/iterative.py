@@ -50,6 +50,7 @@ from .pro_trainer import PROTrainer
 from .rank_dpo_config import RankDPOConfig
 from .rank_dpo_trainer import RankDPOTrainer
 from .rejection_sampling import batched_statistical_rejection_sampling
+from .sampling.arguments import GenerationArguments, backend_options, check_generation_arguments
 from .sampling.generation import sample_and_score
 from .sampling.prompts import answer_text
 from .sampling.scorers import as_scorer
@@ -64,10 +65,13 @@ ROUNDS_FILE = "rounds.jsonl"
 
 
 @dataclass
-class IterativeConfig(RankDPOConfig):
+class IterativeConfig(GenerationArguments, RankDPOConfig):  # mixin first: `output_dir` stays the first field
     r"""
     Configuration for [`train_iterative`]: the listwise training of every round ([`RankDPOConfig`]'s fields: β,
-    `ties`, learning rate, steps, ...) plus the loop's own fields. `max_steps`/`num_train_epochs` apply per round.
+    `ties`, learning rate, steps, ...), the generation backend
+    ([`~trl_rankalign.sampling.arguments.GenerationArguments`]: `transformers` or colocated `vllm`, which takes the
+    current weights every round; a `server` serves fixed weights, so it is accepted for `num_rounds=1` only) and the
+    loop's own fields. `max_steps`/`num_train_epochs` apply per round.
 
     Parameters:
         method (`str`, *optional*, defaults to `"rankdpo"`): `"rankdpo"`, `"lipo"`, `"pro"` or `"dpo"` (best vs worst).
@@ -126,6 +130,12 @@ class IterativeConfig(RankDPOConfig):
             raise ValueError(f"num_accepted must be in [2, num_samples={self.num_samples}], got {self.num_accepted}")
         if not self.rso_beta > 0:
             raise ValueError(f"rso_beta must be > 0, got {self.rso_beta}")
+        check_generation_arguments(self)
+        if self.generation_backend == "server" and self.num_rounds > 1:
+            raise ValueError(
+                "generation_backend=server samples from fixed served weights, but every round after the first samples "
+                "the policy it just trained: use transformers or vllm for num_rounds > 1."
+            )
         if self.method == "pro" and self.reference == "previous":
             raise ValueError("method='pro' is reference-free: `reference` has no meaning there; keep 'sft'.")
 
@@ -214,6 +224,8 @@ def _identity(obj) -> str:
 def _round_settings(args: IterativeConfig, model_id: str, reward_id: str, prompts: Sequence[Any]) -> dict:
     """Everything a round's result depends on, apart from the previous rounds (whose settings it includes)."""
     ignored = {"output_dir", "logging_dir", "run_name", "report_to", "disable_tqdm", "logging_steps", "num_rounds"}
+    # how fast samples come, not what they are
+    ignored |= {"generation_concurrency", "generation_max_retries", "generation_timeout", "generation_rps"}
     values = {k: v for k, v in dataclasses.asdict(args).items() if k not in ignored}
     prompts_hash = hashlib.sha256(json.dumps(list(prompts), sort_keys=True, default=str).encode()).hexdigest()
     return json.loads(
@@ -328,6 +340,7 @@ def train_iterative(
             cache_file=round_dir / "samples.jsonl",
             seed=args.sampling_seed + 1000 * round_index,
             desc=f"Iterative round {round_index}: sampling",
+            **backend_options(args),
         )
         rows = score_rows(rows, scorer)
         lists, counts = build_lists(rows, args, seed=args.sampling_seed + 1000 * round_index)

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RAFTConfig(SFTConfig, GenerationArguments):
+class RAFTConfig(GenerationArguments, SFTConfig):  # mixin first: its fields go last, `output_dir` stays first
     r"""
     Configuration for [`train_raft`]: TRL's [`~trl.SFTConfig`] (applied in every round) plus RAFT's sampling and the
     generation backend ([`~trl_rankalign.sampling.arguments.GenerationArguments`]; the server backend serves a fixed

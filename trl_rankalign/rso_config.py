@@ -14,7 +14,7 @@ RSO_LOSS_TYPES = ("sigmoid", "hinge")
 
 
 @dataclass
-class RSOConfig(DPOConfig, GenerationArguments):
+class RSOConfig(GenerationArguments, DPOConfig):  # mixin first: its fields go last, `output_dir` stays first
     r"""
     Configuration for [`RSOSampler`]: DPO on preference pairs drawn by statistical rejection sampling (Liu et al. 2023,
     [arXiv:2309.06657](https://huggingface.co/papers/2309.06657)).
