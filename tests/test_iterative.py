@@ -135,7 +135,9 @@ def test_config_and_prompt_rounds(tmp_path):
         config(tmp_path, method="pro", reference="previous")
     assert config(tmp_path, num_samples=6).num_accepted == 3
     with pytest.raises(ValueError, match="fixed served weights"):
-        config(tmp_path, generation_backend="server", generation_base_url="http://127.0.0.1:1/v1", generation_model="m")
+        config(
+            tmp_path, generation_backend="server", generation_base_url="http://127.0.0.1:1/v1", generation_model="m"
+        )
     assert round_prompts(list("abcde"), 1, 3) == ["d", "e", "a"]
     assert round_prompts(list("abc"), 4, None) == ["a", "b", "c"]
 
