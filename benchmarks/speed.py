@@ -1,25 +1,28 @@
 """Speed and memory benchmark: RankDPOTrainer on ranked lists vs TRL's DPOTrainer on pairs of the same completions.
 
-    python benchmarks/speed.py            # 2 shapes x (K=2, K=4) x 3 trainers x 5 alternating runs (~20 min on 2 cores)
-    python benchmarks/speed.py --quick    # TL;DR shape only, 3 runs each
+    python benchmarks/speed.py            # 2 shapes x (K=2, 4, 8) x 3 trainers x 5 alternating runs (~45 min, 2 cores)
+    python benchmarks/speed.py --quick    # TL;DR shape, K=2 and 4, 3 runs each
+    python benchmarks/speed.py --shapes ultrafeedback --ks 4 --runs 3
 
 Setting (CPU, fp32, no gradient checkpointing):
 - model: a randomly initialised Qwen2 (hidden 256, 4 layers, 4 heads / 2 KV heads, MLP 512, vocabulary 2048 + 2,
-  ~2.9M parameters), saved once to a temporary folder; both trainers load policy and reference from it and run the
-  reference forward every step (no precomputation).
+  ~2.9M parameters), sdpa attention, saved once to a temporary folder; both trainers load policy and reference from it
+  and run the reference forward every step (no precomputation).
 - tokens: random word ids through a word-level tokenizer (`w17` is token 17), so the text both trainers tokenise is
   exactly `prompt_len` prompt tokens and `completion_len` completion tokens (+ EOS) per completion.
 - shapes: "tldr" (prompt 512, completions 48) and "ultrafeedback" (prompt 150, completions 300).
 - comparisons, each with the same completions per optimizer step:
   `K=2`: B lists of 2 (RankDPO) vs the same B pairs (DPO);
-  `K=4`: B lists of 4 vs 2B pairs holding the same completions, (y1 > y2) and (y3 > y4) of each list: every
-  completion appears once, so both trainers push the same 4B sequences through policy and reference. (All C(4,2)=6
-  pairs would process 3x the sequences for the same completions; per-completion throughput covers that case.)
+  `K=4` (`K=8`): B lists of K vs K/2·B pairs holding the same completions, (y1 > y2), (y3 > y4), … of each list:
+  every completion appears once, so both trainers push the same K·B sequences through policy and reference. (All
+  C(K,2) pairs would process K-1 times the sequences for the same completions; per-completion throughput covers that.)
 - timing: `trainer.train()` for `warmup + steps` optimizer steps with a callback timing each step (dataloader,
   collation, policy and reference forwards, backward, optimizer step: the trainers' real path); a run's step time is
-  the median of its timed steps. Each run is a fresh subprocess, whose peak RSS (`ru_maxrss`) is reported. Runs
-  alternate DPO / RankDPO / RankDPO with `shared_prompt_forward=True` (each prompt encoded once for its K
-  completions); figures are medians over runs, ratios are relative to DPO's medians.
+  the median of its timed steps. Each run is a fresh subprocess, whose peak RSS (`ru_maxrss`) is reported, and per
+  completion: (peak RSS - RSS before the trainer was built) / completions per step. Runs alternate DPO / RankDPO /
+  RankDPO with `shared_prompt_forward=True` (each prompt encoded once for its K completions, through the shared-prompt
+  attention); figures are medians over runs, ratios are relative to DPO's medians, and "paired" is the median of the
+  step-time ratios of runs made back to back.
 
 Writes `results/speed.json` (every run and the medians) and `results/speed.png`.
 """
@@ -173,6 +176,7 @@ def worker(spec: dict) -> dict:
         "tokens_per_step": tokens,
         "peak_rss_mib": peak_rss_mib(),
         "rss_before_trainer_mib": rss_before,
+        "peak_rss_per_completion_mib": (peak_rss_mib() - rss_before) / completions,
     }
 
 
@@ -195,6 +199,8 @@ def _ratios(runs: list[dict], entry: dict, shape: str, k: int, trainer: str) -> 
         "completions_per_s": entry[trainer]["completions_per_s"] / entry["dpo"]["completions_per_s"],
         "tokens_per_s": entry[trainer]["tokens_per_s"] / entry["dpo"]["tokens_per_s"],
         "peak_rss": entry[trainer]["peak_rss_mib"] / entry["dpo"]["peak_rss_mib"],
+        "peak_rss_per_completion": entry[trainer]["peak_rss_per_completion_mib"]
+        / entry["dpo"]["peak_rss_per_completion_mib"],
         # Runs i of both trainers ran back to back: the median of their ratios cancels most of a shared box's drift
         "paired_speed_median": statistics.median(
             d["step_time_s"] / r["step_time_s"]
@@ -219,7 +225,13 @@ def summarize(runs: list[dict]) -> list[dict]:
                 mine = [r for r in runs if r["shape"] == shape and r["k"] == k and r["trainer"] == trainer]
                 entry[trainer] = {
                     key: statistics.median(r[key] for r in mine)
-                    for key in ("step_time_s", "completions_per_s", "tokens_per_s", "peak_rss_mib")
+                    for key in (
+                        "step_time_s",
+                        "completions_per_s",
+                        "tokens_per_s",
+                        "peak_rss_mib",
+                        "peak_rss_per_completion_mib",
+                    )
                 }
                 entry[trainer]["runs"] = len(mine)
             entry["ratio"] = {t: _ratios(runs, entry, shape, k, t) for t in trainers if t != "dpo"}
@@ -229,27 +241,25 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 def table(summary: list[dict], lists_per_step: int) -> str:
     lines = [
-        "| shape | comparison | trainer | step (s) | speed vs TRL DPO (paired) | completions/s | tokens/s "
-        "| peak RSS MiB (vs DPO) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| shape | K | comparison | trainer | step (s) | completions/s | vs TRL DPO (paired) | peak RSS MiB "
+        "| RSS MiB per completion (vs DPO) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in summary:
         b = lists_per_step
-        comparison = (
-            f"{b} lists of 2 vs {b} pairs" if e["k"] == 2 else f"{b} lists of {e['k']} vs {b * e['k'] // 2} pairs"
-        )
+        comparison = f"{b} list{'s' * (b > 1)} of {e['k']} vs {b * e['k'] // 2} pair{'s' * (b * e['k'] > 2)}"
         for trainer in [t for t in TRAINERS if t in e]:
             m = e[trainer]
             if trainer == "dpo":
                 speed, rss = "1.00×", ""
             else:
                 ratio = e["ratio"][trainer]
-                speed = f"{ratio['speed (DPO step time / step time)']:.2f}× ({ratio['paired_speed_median']:.2f}×)"
-                rss = f" ({ratio['peak_rss']:.2f}×)"
+                speed = f"{ratio['completions_per_s']:.2f}× ({ratio['paired_speed_median']:.2f}×)"
+                rss = f" ({ratio['peak_rss_per_completion']:.2f}×)"
             lines.append(
-                f"| {e['shape']} ({e['prompt_len']}+{e['completion_len']}) | {comparison} | {TRAINERS[trainer]} "
-                f"| {m['step_time_s']:.2f} | {speed} | {m['completions_per_s']:.1f} | {m['tokens_per_s']:.0f} "
-                f"| {m['peak_rss_mib']:.0f}{rss} |"
+                f"| {e['shape']} ({e['prompt_len']}+{e['completion_len']}) | {e['k']} | {comparison} "
+                f"| {TRAINERS[trainer]} | {m['step_time_s']:.2f} | {m['completions_per_s']:.2f} | {speed} "
+                f"| {m['peak_rss_mib']:.0f} | {m['peak_rss_per_completion_mib']:.0f}{rss} |"
             )
     return "\n".join(lines)
 
@@ -260,23 +270,28 @@ def plot(summary: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{e['shape']}\nK={e['k']}" for e in summary]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    short = {"tldr": "TL;DR", "ultrafeedback": "UltraFb."}
+    labels = [f"{short.get(e['shape'], e['shape'])}\nK={e['k']}" for e in summary]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     x = range(len(summary))
     trainers = [t for t in TRAINERS if t in summary[0]]
     width = 0.8 / len(trainers)
     for j, trainer in enumerate(trainers):
         offsets = [i + (j - (len(trainers) - 1) / 2) * width for i in x]
         axes[0].bar(offsets, [e[trainer]["completions_per_s"] for e in summary], width, label=TRAINERS[trainer])
-        axes[1].bar(offsets, [e[trainer]["peak_rss_mib"] for e in summary], width, label=TRAINERS[trainer])
+        axes[1].bar(
+            offsets, [e[trainer]["peak_rss_per_completion_mib"] for e in summary], width, label=TRAINERS[trainer]
+        )
         if trainer != "dpo":
             for i, e in zip(offsets, summary):
                 ratio = e["ratio"][trainer]["completions_per_s"]
-                axes[0].annotate(f"{ratio:.2f}×", (i, e[trainer]["completions_per_s"]), ha="center", va="bottom")
+                axes[0].annotate(
+                    f"{ratio:.2f}×", (i, e[trainer]["completions_per_s"]), ha="center", va="bottom", fontsize=7
+                )
     axes[0].set_ylabel("completions / s (median)")
     axes[0].set_title("Training throughput, same completions per step")
-    axes[1].set_ylabel("peak RSS (MiB, median)")
-    axes[1].set_title("Peak memory of a fresh process")
+    axes[1].set_ylabel("peak RSS growth per completion (MiB, median)")
+    axes[1].set_title("Peak memory per completion")
     for ax in axes:
         ax.set_xticks(list(x))
         ax.set_xticklabels(labels)
@@ -288,7 +303,9 @@ def plot(summary: list[dict], path: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="TL;DR shape only, 3 runs per trainer")
+    parser.add_argument("--quick", action="store_true", help="TL;DR shape, K=2 and 4, 3 runs per trainer")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=None, help="default: both")
+    parser.add_argument("--ks", nargs="+", type=int, default=None, help="list sizes K (default 2 4 8; quick 2 4)")
     parser.add_argument("--runs", type=int, default=None, help="runs per trainer and setting (default 5, quick 3)")
     parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps per run")
@@ -311,14 +328,15 @@ def main(argv=None) -> int:
         return 0
 
     runs_per = args.runs or (3 if args.quick else 5)
-    shapes = ["tldr"] if args.quick else list(SHAPES)
+    shapes = args.shapes or (["tldr"] if args.quick else list(SHAPES))
+    ks = args.ks or ([2, 4] if args.quick else [2, 4, 8])
     started = time.time()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         model_path = str(Path(tmp) / "model")
         build_model(model_path)
         for shape in shapes:
-            for k in (2, 4):
+            for k in ks:
                 for run in range(runs_per):
                     order = tuple(TRAINERS) if run % 2 == 0 else tuple(reversed(TRAINERS))  # alternate who goes first
                     for trainer in order:
@@ -349,6 +367,7 @@ def main(argv=None) -> int:
         "runs_per_trainer": runs_per,
         "threads": args.threads,
         "seconds": round(time.time() - started, 1),
+        "command": " ".join(["python", "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     write_json(args.output_dir / "speed.json", {"settings": settings, "summary": summary, "runs": runs})
     plot(summary, args.output_dir / "speed.png")

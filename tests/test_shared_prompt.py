@@ -1,15 +1,33 @@
 """The shared-prompt forward against the unshared one: same log-probs, same gradients, for every set-up it supports."""
 
+import json
 import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AttentionInterface,
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    Qwen2Config,
+)
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import create_causal_mask
 from trl.trainer.utils import add_fused_lm_head
 
 from trl_rankalign.data.collator import DataCollatorForRankedPreference
 from trl_rankalign.data.shared_prompt_collator import DataCollatorForSharedPromptRankedPreference, pack_shared_prompt
-from trl_rankalign.forward import listwise_forward, shared_prompt_attention_mask
+from trl_rankalign.forward import listwise_forward, shared_prompt_support
+from trl_rankalign.shared_prompt_attention import (
+    SharedPromptLayout,
+    enable_shared_prompt_attention,
+    model_eager_attention,
+    shared_prompt_attention_name,
+)
 
 
 PAD = 0
@@ -118,24 +136,6 @@ def test_pack_exact_tensors():
         assert torch.equal(batch[key], unshared[key])
 
 
-def test_mask_blocks_other_branches():
-    segment_ids = torch.tensor([[0, 0, 1, 1, 2, -1]])
-    position_ids = torch.tensor([[0, 1, 2, 3, 2, 0]])
-    mask = shared_prompt_attention_mask(segment_ids, position_ids, "sdpa")[0, 0].int()
-    assert mask.tolist() == [
-        [1, 0, 0, 0, 0, 0],  # prefix: causal
-        [1, 1, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0],  # branch 1: prefix + itself
-        [1, 1, 1, 1, 0, 0],
-        [1, 1, 0, 0, 1, 0],  # branch 2: prefix + itself, not branch 1
-        [1, 1, 0, 0, 0, 1],  # padding: never empty
-    ]
-    additive = shared_prompt_attention_mask(segment_ids, position_ids, "eager", torch.float32)
-    assert torch.equal(additive[0, 0] == 0, mask.bool())
-    with pytest.raises(ValueError, match="flash_attention_2"):
-        shared_prompt_attention_mask(segment_ids, position_ids, "flash_attention_2")
-
-
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_matches_unshared(tiny_path, attn_implementation):
     model = load_tiny(tiny_path, attn_implementation)
@@ -167,59 +167,231 @@ def test_matches_unshared_lora(tiny_path, attn_implementation):
     assert_same_logps_and_grads(model, random_examples(21, model.config.vocab_size))
 
 
-def test_matches_unshared_sliding_window():
-    """Sliding-window layers get their own mask, the window measured in positions as in the unshared row."""
+# ------------------------------------------------------------------------------------------- model families
+COMMON = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+WINDOW = 4  # shorter than the sequences of random_examples (up to 21 tokens), so windows hide keys
+
+
+def family_config(family: str):
+    """Tiny configs of each family, with their kind of sliding window: none (Llama), per layer (Qwen2 with
+    use_sliding_window, Gemma 2/3: `layer_types`), config-level on every layer (Mistral, Phi3)."""
+    if family == "llama":
+        return LlamaConfig(**COMMON)
+    if family == "qwen2":
+        return Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)
+    if family == "mistral":
+        return MistralConfig(**COMMON, sliding_window=WINDOW)
+    if family == "phi3":
+        return Phi3Config(**COMMON, sliding_window=WINDOW)
+    if family == "gemma2":  # attention logit soft-capping: eager only
+        return Gemma2Config(**COMMON, head_dim=8, sliding_window=WINDOW)
+    if family == "gemma3":
+        layer_types = ["sliding_attention", "full_attention"]
+        return Gemma3TextConfig(**COMMON, head_dim=8, sliding_window=WINDOW, layer_types=layer_types)
+    raise ValueError(family)
+
+
+def build_family(family: str, attn_implementation: str, dtype=torch.float32):
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        use_sliding_window=True,
-        sliding_window=4,
-        max_window_layers=1,  # layer 0 full attention, layer 1 sliding
-        attn_implementation="sdpa",
-    )
-    model = Qwen2ForCausalLM(config)
-    assert "sliding_attention" in model.config.layer_types
+    model = AutoModelForCausalLM.from_config(family_config(family), attn_implementation=attn_implementation)
+    model = model.to(dtype)
     add_fused_lm_head(model)
+    return model
+
+
+FAMILY_CASES = [
+    ("llama", "sdpa"),
+    ("llama", "eager"),
+    ("qwen2", "sdpa"),
+    ("qwen2", "eager"),
+    ("mistral", "sdpa"),
+    ("mistral", "eager"),
+    ("phi3", "sdpa"),
+    ("phi3", "eager"),
+    ("gemma2", "eager"),
+    ("gemma3", "sdpa"),
+    ("gemma3", "eager"),
+]
+
+
+@pytest.mark.parametrize("family, attn_implementation", FAMILY_CASES)
+def test_matches_unshared_families(family, attn_implementation):
+    """Every family and kind of sliding window: eval mode, padding, mixed prompt and completion lengths, K of 2-5 with
+    padded slots, an empty prompt, and max_length truncation."""
+    model = build_family(family, attn_implementation)
     model.eval()
-    assert_same_logps_and_grads(model, random_examples(3, config.vocab_size))
+    for seed in (4, 5):
+        assert_same_logps_and_grads(model, random_examples(seed, model.config.vocab_size))
+    assert_same_logps_and_grads(model, random_examples(8, model.config.vocab_size), max_length=11)
+    assert model.config._attn_implementation == shared_prompt_attention_name(attn_implementation)
 
 
-@pytest.mark.parametrize("family", ["mistral", "phi3"])
+@pytest.mark.parametrize("family, attn_implementation", [("gemma2", "eager"), ("mistral", "sdpa")])
+def test_matches_unshared_families_gradient_checkpointing(family, attn_implementation):
+    model = build_family(family, attn_implementation)
+    model.gradient_checkpointing_enable()
+    model.train()
+    assert_same_logps_and_grads(model, random_examples(12, model.config.vocab_size))
+
+
+def test_windows_are_exercised():
+    """The examples are longer than the window, so a model without it scores them differently: the family tests would
+    catch a window left out."""
+    model = build_family("mistral", "sdpa")
+    examples = random_examples(4, model.config.vocab_size)
+    windowed, _, _ = unshared_logps(model, examples)
+    model.config.sliding_window = None
+    full, _, _ = unshared_logps(model, examples)
+    assert (windowed - full).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-def test_matches_unshared_config_level_sliding_window(family, attn_implementation):
-    """Mistral and Phi3 keep the window in `config.sliding_window`, not in `layer_types`, and apply it to every layer
-    through their own mask, which the packed 4-D mask replaces: the window must be in ours (sequences here are up to
-    21 tokens, the window 4)."""
-    from transformers import MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM
+def test_bf16_within_bf16_tolerance(attn_implementation):
+    """In bf16 the shared path is as close to the float32 log-probs as the unshared path is (both round the same
+    activations; only the order of the attention's sums differs)."""
+    examples = random_examples(6, COMMON["vocab_size"])
+    exact = build_family("qwen2", attn_implementation)
+    exact.eval()
+    with torch.no_grad():
+        reference = unshared_logps(exact, examples)[0]
+        model = build_family("qwen2", attn_implementation, dtype=torch.bfloat16)
+        model.eval()
+        unshared = unshared_logps(model, examples)[0].float()
+        shared = shared_logps(model, examples)[0].float()
+    unshared_error = (unshared - reference).abs().max()
+    torch.testing.assert_close(shared, unshared, atol=1e-2, rtol=1.6e-2)  # bf16's relative resolution is 2^-7
+    assert (shared - reference).abs().max() <= 2 * unshared_error + 1e-2
 
-    config_class, model_class = {
-        "mistral": (MistralConfig, MistralForCausalLM),
-        "phi3": (Phi3Config, Phi3ForCausalLM),
-    }[family]
-    torch.manual_seed(0)
-    config = config_class(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=4,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        attn_implementation=attn_implementation,
-    )
-    model = model_class(config)
-    assert not getattr(model.config, "layer_types", None) and model.config.sliding_window == 4
-    add_fused_lm_head(model)
+
+@pytest.mark.slow
+def test_matches_unshared_flex_attention_forward():
+    """FlexAttention runs the packed rows under a block mask of the same structure. CPU has no flex backward (and
+    compiles for a minute), so this checks the forward, in the slow set; tests/test_gpu.py checks the gradients. The
+    unshared reference runs the same weights through sdpa: a second flex compile with other shapes (dynamic) hits a
+    C++ code-generation error of torch 2.13's CPU inductor, with or without this package."""
+    model = build_family("qwen2", "flex_attention")
     model.eval()
-    assert_same_logps_and_grads(model, random_examples(4, config.vocab_size))
+    reference = build_family("qwen2", "sdpa")
+    reference.eval()
+    examples = random_examples(4, model.config.vocab_size)
+    with torch.no_grad():
+        shared = shared_logps(model, examples)[0]
+        unshared = unshared_logps(reference, examples)[0]
+    torch.testing.assert_close(shared, unshared, atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- the layout
+def test_layout_exact_tensors():
+    # row 0: prefix [0, 1] | branch 1 at 2-3 | branch 2 at 4 | padding at 5
+    # row 1: no prefix | branch 1 at 0 | branch 2 at 1-2 | branch 3 at 3-5
+    segment_ids = torch.tensor([[0, 0, 1, 1, 2, -1], [1, 2, 2, 3, 3, 3]])
+    position_ids = torch.tensor([[0, 1, 2, 3, 2, 0], [0, 0, 1, 0, 1, 2]])
+    layout = SharedPromptLayout(segment_ids, position_ids)
+    assert (layout.max_prefix, layout.max_branch, layout.num_branches) == (2, 3, 5)
+    assert layout.branch_row.tolist() == [0, 0, 1, 1, 1]
+    assert layout.branch_start.tolist() == [2, 4, 0, 1, 3]
+    assert layout.branch_length.tolist() == [2, 1, 1, 2, 3]
+    # Branch queries (flat positions, row 1 starts at 6); padded slots repeat the branch's last token
+    assert layout.query_index.view(5, 3).tolist() == [[2, 3, 3], [4, 4, 4], [6, 6, 6], [7, 8, 8], [9, 10, 11]]
+    # Keys: [prefix of the row (2 slots) ; the branch]; row 1 has no prefix, its 2 slots are masked below
+    assert layout.kv_index.view(5, 5).tolist() == [
+        [0, 1, 2, 3, 3],
+        [0, 1, 4, 4, 4],
+        [6, 6, 6, 6, 6],
+        [6, 6, 7, 8, 8],
+        [6, 6, 9, 10, 11],
+    ]
+    # Output rows: prefix b * 2 + t; branch 4 + n * 3 + i; padding the zero row 4 + 15
+    assert layout.output_index.view(2, 6).tolist() == [[0, 1, 4, 5, 7, 19], [10, 13, 14, 16, 17, 18]]
+    mask = layout.branch_mask(None)[:, 0].int()
+    assert mask[0].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]  # prefix + causal own keys
+    assert mask[2].tolist() == [[0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]  # no prefix in row 1
+    # A window of 2 positions: branch 1 of row 0 (positions 2, 3) sees prefix position 1 from position 2 only (its
+    # padded third slot repeats position 3)
+    assert layout.branch_mask(2)[0, 0].int().tolist() == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]
+    assert layout.prefix_mask(None) is None and layout.prefix_mask(1).int().tolist() == [[1, 0], [0, 1]]
+
+
+def test_no_dense_mask_is_built(tiny_path):
+    """No tensor of the packed row's (L, L) shape goes through any op of the shared forward and backward."""
+    model = load_tiny(tiny_path, "sdpa")
+    rng = random.Random(0)
+    example = {
+        "prompt_ids": [rng.randrange(3, 60) for _ in range(50)],
+        "completion_ids": [[rng.randrange(3, 60) for _ in range(n)] for n in (3, 4, 5, 6)],
+        "scores": [4.0, 3.0, 2.0, 1.0],
+    }
+    batch = pack_shared_prompt([example, example], pad_token_id=PAD)
+    length = batch["input_ids"].size(1)
+    assert length == 49 + 18 and length not in (model.config.hidden_size, model.config.intermediate_size)
+    with torch.profiler.profile(record_shapes=True) as profile:
+        listwise_forward(model, batch).logps.sum().backward()
+    shapes = [shape for event in profile.events() for shape in event.input_shapes if isinstance(shape, list)]
+    assert shapes and not [shape for shape in shapes if len(shape) >= 2 and shape[-2:] == [length, length]]
+
+
+def test_transformers_returns_a_4d_mask_as_is():
+    """The adaptation the forward relies on: transformers' mask creation returns a 4-D `attention_mask` untouched
+    (here an empty one, which the shared-prompt attention ignores), so it builds no mask of its own."""
+    config = family_config("llama")
+    config._attn_implementation = "sdpa"
+    no_mask = torch.ones(2, 1, 0, 0, dtype=torch.bool)
+    embeds = torch.zeros(2, 7, config.hidden_size)
+    assert create_causal_mask(config, embeds, no_mask, None, position_ids=torch.arange(7)[None]) is no_mask
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "phi3", "gemma2", "gemma3"])
+def test_finds_each_familys_eager_attention(family):
+    """The one place that reads a modeling file's `eager_attention_forward` finds it for every family."""
+    model = build_family(family, "eager")
+    attention = model.model.layers[0].self_attn
+    assert model_eager_attention(attention) is not None
+    assert model_eager_attention(attention).__module__ == type(attention).__module__
+
+
+# ------------------------------------------------------------------------------------------ registration
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_unshared_calls_run_the_base_implementation(tiny_path, attn_implementation):
+    """Once switched, the model's ordinary calls (a left-padded batch, `generate` with a cache) give exactly what they
+    gave before, and the switch is never saved."""
+    model = load_tiny(tiny_path, attn_implementation)
+    model.eval()
+    input_ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    attention_mask = (input_ids != 0).long()
+    with torch.no_grad():
+        before = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        generated = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, do_sample=False)
+        name = enable_shared_prompt_attention(model)
+        assert model.config._attn_implementation == name == shared_prompt_attention_name(attn_implementation)
+        assert enable_shared_prompt_attention(model) == name  # idempotent
+        after = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        regenerated = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, do_sample=False)
+    assert torch.equal(before, after) and torch.equal(generated, regenerated)
+    assert "rankalign" not in json.dumps(model.config.to_dict())
+
+
+def test_refuses_what_it_cannot_run_exactly(tiny_path):
+    model = load_tiny(tiny_path, "sdpa")
+    AttentionInterface.register("test_custom_attention", sdpa_attention_forward)
+    model.set_attn_implementation("test_custom_attention")
+    assert "test_custom_attention" in " ".join(shared_prompt_support(model))
+    batch = pack_shared_prompt(random_examples(1, model.config.vocab_size), pad_token_id=PAD)
+    with pytest.raises(ValueError, match=f"cannot run {type(model).__name__}: attn_implementation"):
+        listwise_forward(model, batch)
+
+    model.set_attn_implementation("sdpa")
+    model.config.layer_types = ["full_attention", "linear_attention"]
+    assert "linear_attention" in " ".join(shared_prompt_support(model))
 
 
 def test_entropy_layout(tiny_path):

@@ -1,5 +1,6 @@
 """The shared-prompt forward inside the trainers: same loss and gradients as the unshared forward."""
 
+import logging
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from datasets import Dataset
 from trl_rankalign import PROConfig, PROTrainer, RankDPOConfig, RankDPOTrainer
 from trl_rankalign.data.collator import row_ref_logps
 from trl_rankalign.ranked_preference_trainer import _decide_shared_prompt
+from trl_rankalign.shared_prompt_attention import shared_prompt_attention_name
 from trl_rankalign.tiny import tiny_ranked_dataset
 
 
@@ -65,17 +67,25 @@ def test_shared_with_lora_precompute_and_training(tiny_path, tmp_path):
     assert all(math.isfinite(h["entropy"]) and h["entropy"] > 0 for h in history)
 
 
-def test_auto_turns_on_for_long_prompts_only(tiny_path, tmp_path):
-    short = tiny_ranked_dataset().select(range(8))  # ~6-token prompts, ~15-token completions
-    trainer = RankDPOTrainer(model=tiny_path, args=cpu_config(RankDPOConfig, tmp_path / "s"), train_dataset=short)
-    assert trainer.shared_prompt_forward is False
-    long_prompt = short.map(lambda row: {"prompt": "Read the reviews of the pasta and the soup. " * 8 + row["prompt"]})
-    trainer = RankDPOTrainer(
-        model=tiny_path, args=cpu_config(RankDPOConfig, tmp_path / "l"), train_dataset=long_prompt
-    )
+def test_auto_turns_on_where_sharing_saves_tokens(tiny_path, tmp_path):
+    lists = tiny_ranked_dataset().select(range(8))  # ~7-token prompts, 5 completions of ~15 tokens: ~25% fewer tokens
+    trainer = RankDPOTrainer(model=tiny_path, args=cpu_config(RankDPOConfig, tmp_path / "s"), train_dataset=lists)
     assert trainer.shared_prompt_forward is True
+    assert trainer.model.config._attn_implementation == shared_prompt_attention_name("sdpa")
+    long_answers = lists.map(  # 2 completions of ~120 tokens behind the same prompts: ~3% fewer tokens
+        lambda row: {"completions": [c * 8 for c in row["completions"][:2]], "scores": row["scores"][:2]}
+    )
+    trainer = RankDPOTrainer(
+        model=tiny_path, args=cpu_config(RankDPOConfig, tmp_path / "l"), train_dataset=long_answers
+    )
+    assert trainer.shared_prompt_forward is False
     rows = Dataset.from_list([{"prompt_ids": [1] * 100, "completion_ids": [[2] * 10] * 4}])
     assert _decide_shared_prompt(rows, None) and not _decide_shared_prompt(rows, False)
+    # The threshold (10%): K=2 and completions of 50 tokens; a prompt of 12 saves 13 of 124 tokens, one of 11 saves
+    # 12 of 122
+    at = Dataset.from_list([{"prompt_ids": [1] * 12, "completion_ids": [[2] * 50] * 2}])
+    below = Dataset.from_list([{"prompt_ids": [1] * 11, "completion_ids": [[2] * 50] * 2}])
+    assert _decide_shared_prompt(at, None) and not _decide_shared_prompt(below, None)
 
 
 def test_keep_end_refuses_shared(tiny_path, tmp_path):
@@ -89,13 +99,48 @@ def test_keep_end_refuses_shared(tiny_path, tmp_path):
         )
 
 
-def test_auto_falls_back_for_a_model_it_cannot_run(tiny_path, tmp_path):
-    long_prompt = tiny_ranked_dataset().select(range(4))
-    long_prompt = long_prompt.map(
-        lambda row: {"prompt": "Read the reviews of the pasta and the soup. " * 8 + row["prompt"]}
-    )
-    trainer = RankDPOTrainer(model=tiny_path, args=cpu_config(RankDPOConfig, tmp_path), train_dataset=long_prompt)
-    assert trainer.shared_prompt_forward is True
-    trainer.model.config._attn_implementation = "flash_attention_2"  # no dense 4-D mask there
-    trainer._shared_prompt_model_check()
+def long_prompt_data(rows=4):
+    data = tiny_ranked_dataset().select(range(rows))
+    return data.map(lambda row: {"prompt": "Read the reviews of the pasta and the soup. " * 8 + row["prompt"]})
+
+
+@pytest.fixture
+def unsupported_tiny(tiny_path, tmp_path):
+    """The tiny model saved with an attention implementation the shared-prompt attention does not run on."""
+    from transformers import AttentionInterface, AutoModelForCausalLM
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    AttentionInterface.register("test_custom_attention", sdpa_attention_forward)
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="test_custom_attention")
+    assert model.config._attn_implementation == "test_custom_attention"
+    return model
+
+
+def test_trainer_switches_policy_and_reference(tiny_path, tmp_path):
+    """With a separate reference model both run the shared-prompt attention; the names say over which base."""
+    from transformers import AutoModelForCausalLM
+
+    ref_model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="eager")
+    args = cpu_config(RankDPOConfig, tmp_path, shared_prompt_forward=True)
+    trainer = RankDPOTrainer(model=tiny_path, ref_model=ref_model, args=args, train_dataset=long_prompt_data())
+    assert trainer.model.config._attn_implementation == shared_prompt_attention_name("sdpa")
+    assert trainer.ref_model.config._attn_implementation == shared_prompt_attention_name("eager")
+    trainer.train()
+    assert all(math.isfinite(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry)
+
+
+def test_explicit_shared_prompt_refuses_a_model_it_cannot_run(unsupported_tiny, tmp_path):
+    args = cpu_config(RankDPOConfig, tmp_path, shared_prompt_forward=True)
+    with pytest.raises(ValueError, match="cannot run Qwen2ForCausalLM exactly: attn_implementation='test_custom_at"):
+        RankDPOTrainer(model=unsupported_tiny, args=args, train_dataset=long_prompt_data())
+
+
+def test_auto_falls_back_for_a_model_it_cannot_run(unsupported_tiny, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="trl_rankalign.ranked_preference_trainer"):
+        trainer = RankDPOTrainer(
+            model=unsupported_tiny, args=cpu_config(RankDPOConfig, tmp_path), train_dataset=long_prompt_data()
+        )
     assert trainer.shared_prompt_forward is False
+    assert "segment_ids" not in trainer.data_collator([trainer.train_dataset[0]])
+    assert trainer.model.config._attn_implementation == "test_custom_attention"  # left as it was
+    assert caplog.text.count("stays off for Qwen2ForCausalLM: attn_implementation='test_custom_attention'") == 1

@@ -15,7 +15,7 @@ label:    -100 … -100    | y_1[0]  y_1[1] …  y_1[L_1-1]| y_2[0]  y_2[1] … 
 A branch attends to the shared prefix (segment 0) and causally to itself, never to another branch; its positions
 continue from the prefix as if it followed the prompt alone. So every hidden state of branch k is the one the
 unshared row `[prompt + y_k]` computes at the same position, and its per-token log-probs are the same up to float
-summation order (the 4-D mask adds exact zeros for the keys it hides).
+summation order.
 
 Why each branch starts with a copy of the last prompt token: under the causal-LM shift, `y_k[0]` is scored from the
 hidden state of the last prompt token, and that one hidden state would have to score K different labels, which one
@@ -27,24 +27,27 @@ TRL's fused LM head (`add_fused_lm_head`), which scores the hidden state at ever
 position without shifting. A prompt of 0 tokens has no token to copy: the branch is `y_k[:-1]` scoring `y_k[1:]`,
 exactly what the unshared row scores (its first completion token is never predicted either).
 
-Attention masks: transformers 5 (`masking_utils._preprocess_mask_arguments`) uses a 4-D `attention_mask` as given,
-skipping its own causal/padding mask. `sdpa` takes a boolean mask (True = attend); `eager` adds the mask to the scores,
-so it needs an additive float mask (0 / dtype min). Flash-attention kernels take no dense mask and are refused. A dense
-mask also means SDPA cannot use its flash or `is_causal` fast paths. Models with sliding-window layers get a mapping
-`{"full_attention": mask, "sliding_attention": mask & window}` (the form their backbones accept), the window measured
-in position ids, which is what the unshared row's window measures. Padding tokens attend to themselves (and the
-prefix), so no softmax row is empty (an empty row is NaN under SDPA and would leak into the backward).
-
-The batch stays compact (`segment_ids`, `position_ids`): the `(B, 1, L, L)` mask is built on the model's device by
-[`shared_prompt_attention_mask`] inside [`listwise_forward`], not carried through the data loader.
+Attention: the packed row is never masked densely. [`trl_rankalign.shared_prompt_attention`] registers an attention
+function with transformers' attention interface that splits the attention by structure (the prefix causally among
+itself; each branch over [prefix ; itself, causally]) from a [`SharedPromptLayout`] built once per forward from
+`segment_ids` and `position_ids` and passed down to every layer as the keyword argument `shared_prompt_layout`. The
+model is switched to that function (over its own sdpa, eager, flex or flash implementation) when a trainer enables the
+shared path, or here on its first shared-prompt batch, and stays switched: its unshared calls still run its own
+implementation (flash excepted, see that module). Sliding windows come from the
+`sliding_window` each attention module passes (config-level or per layer), measured in position ids as the unshared
+row's mask measures them. The batch stays compact: nothing of size `(P + sum_k L_k)^2` is built.
 """
 
 from types import SimpleNamespace
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-from .data.shared_prompt_collator import PREFIX_SEGMENT
+from .shared_prompt_attention import (
+    SharedPromptLayout,
+    enable_shared_prompt_attention,
+    shared_prompt_attention_support,
+)
 
 
 __all__ = [
@@ -52,12 +55,8 @@ __all__ = [
     "ReferenceForward",
     "listwise_forward",
     "reference_inputs",
-    "shared_prompt_attention_mask",
-    "shared_prompt_model_inputs",
     "shared_prompt_support",
 ]
-
-_DENSE_MASK_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
 def _unwrap(model):
@@ -67,92 +66,11 @@ def _unwrap(model):
     return model
 
 
-def shared_prompt_attention_mask(
-    segment_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    sliding_window: int | None = None,
-) -> torch.Tensor:
-    """
-    The 4-D mask of packed rows: query `i` sees key `j <= i` of the shared prefix or of its own segment.
-
-    Args:
-        segment_ids: `(B, L)` from [`pack_shared_prompt`] (0 prefix, `k + 1` branch, -1 padding).
-        position_ids: `(B, L)`; used only with `sliding_window` (keys with `pos_i - pos_j >= sliding_window` hidden).
-        attn_implementation: `"sdpa"` gives a boolean mask (True = attend); `"eager"` an additive `dtype` mask
-            (0 where attended, `torch.finfo(dtype).min` elsewhere), as `eager_attention_forward` adds it to the scores.
-        dtype: Dtype of the additive mask (the attention scores' dtype).
-        sliding_window: Restrict each query to keys less than this many positions back.
-
-    Returns:
-        `(B, 1, L, L)` mask. Every query sees at least itself, so no softmax row is empty.
-    """
-    if attn_implementation not in _DENSE_MASK_IMPLEMENTATIONS:
-        raise ValueError(
-            f"The shared-prompt forward needs a dense 4-D attention mask, which attn_implementation="
-            f"{attn_implementation!r} does not take; use 'sdpa' or 'eager'."
-        )
-    length = segment_ids.size(1)
-    index = torch.arange(length, device=segment_ids.device)
-    causal = index[None, :] <= index[:, None]  # (L, L): key j <= query i
-    query_segment, key_segment = segment_ids[:, :, None], segment_ids[:, None, :]  # (B, L, 1), (B, 1, L)
-    allowed = causal & ((key_segment == PREFIX_SEGMENT) | (key_segment == query_segment))  # (B, L, L)
-    if sliding_window is not None:
-        allowed = allowed & (position_ids[:, :, None] - position_ids[:, None, :] < sliding_window)
-    allowed = allowed[:, None]  # (B, 1, L, L)
-    if attn_implementation == "sdpa":
-        return allowed
-    zero = torch.zeros((), dtype=dtype, device=segment_ids.device)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)
-
-
-def shared_prompt_model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """
-    `input_ids`, `attention_mask` and `position_ids` of the packed rows, ready for any forward of `model`.
-
-    The mask is [`shared_prompt_attention_mask`] for the model's attention implementation, in the dtype of its input
-    embeddings; for models with sliding-window layers it is the mapping `{"full_attention": ..., "sliding_attention":
-    ...}` their backbones accept in place of a mask.
-
-    Args:
-        model: The causal LM (possibly wrapped: PEFT, DDP, DeepSpeed).
-        batch: `input_ids`, `position_ids` and `segment_ids` `(B, L)` from [`pack_shared_prompt`].
-    """
-    unwrapped = _unwrap(model)
-    config = unwrapped.config.get_text_config()
-    implementation = config._attn_implementation or "eager"
-    dtype = unwrapped.get_input_embeddings().weight.dtype
-    segment_ids, position_ids = batch["segment_ids"], batch["position_ids"]
-    mask = shared_prompt_attention_mask(segment_ids, position_ids, implementation, dtype)
-    reasons = shared_prompt_support(unwrapped)
-    if reasons:
-        raise ValueError(f"The shared-prompt forward cannot run {type(unwrapped).__name__}: {'; '.join(reasons)}.")
-    layer_types = getattr(config, "layer_types", None) or []
-    window = getattr(config, "sliding_window", None)
-    if "sliding_attention" in layer_types:  # per-layer kinds (Gemma 2/3, Qwen2 with max_window_layers)
-        sliding = shared_prompt_attention_mask(segment_ids, position_ids, implementation, dtype, window)
-        mask = {"full_attention": mask, "sliding_attention": sliding}
-    elif not layer_types and window is not None:
-        # A config-level window (Mistral, Phi3): their backbones apply it to every layer through their own mask, which a
-        # 4-D mask replaces, so the window goes into ours
-        mask = shared_prompt_attention_mask(segment_ids, position_ids, implementation, dtype, window)
-    return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": position_ids}
-
-
 # ------------------------------------------------------------------------------------------------- the one forward
 def shared_prompt_support(model) -> list[str]:
-    """Why the shared-prompt forward cannot run `model` exactly (empty when it can): it needs a dense 4-D mask
-    (`sdpa` or `eager` attention) and full or sliding-window attention layers (config-level or per-layer windows)."""
-    config = _unwrap(model).config.get_text_config()
-    reasons = []
-    implementation = config._attn_implementation or "eager"
-    if implementation not in _DENSE_MASK_IMPLEMENTATIONS:
-        reasons.append(f"attn_implementation={implementation!r} takes no dense 4-D mask (use 'sdpa' or 'eager')")
-    other_layers = set(getattr(config, "layer_types", None) or []) - {"full_attention", "sliding_attention"}
-    if other_layers:
-        reasons.append(f"layer types {sorted(other_layers)} (only full and sliding-window attention are supported)")
-    return reasons
+    """Why the shared-prompt forward cannot run `model` exactly (empty when it can); see
+    [`shared_prompt_attention_support`]."""
+    return shared_prompt_attention_support(_unwrap(model))
 
 
 class ListwiseForward(NamedTuple):
@@ -233,15 +151,29 @@ def listwise_forward(model, batch: dict[str, torch.Tensor], output_router_logits
 
 
 def _shared_prompt_forward(model, batch: dict[str, torch.Tensor]) -> ListwiseForward:
-    """One forward of the packed rows of [`pack_shared_prompt`]; per-position values are unpacked to the unshared
-    `(K * B, T)` layout with `completion_positions`."""
+    """One forward of the packed rows of [`pack_shared_prompt`] through the shared-prompt attention; per-position values
+    are unpacked to the unshared `(K * B, T)` layout with `completion_positions`."""
     batch_size, num_completions = batch["list_mask"].shape
+    enable_shared_prompt_attention(_unwrap(model))
+    input_ids, position_ids = batch["input_ids"], batch["position_ids"]
+    layout = SharedPromptLayout(batch["segment_ids"], position_ids)
+    # An empty 4-D mask: transformers' mask creation returns a 4-D mask as is, so it builds none; the attention reads
+    # the layout instead (and any other attention function would fail on it loudly rather than attend wrongly)
+    no_mask = torch.ones(input_ids.size(0), 1, 0, 0, dtype=torch.bool, device=input_ids.device)
     outputs = model(
-        **shared_prompt_model_inputs(model, batch),
+        input_ids=input_ids,
+        attention_mask=no_mask,
+        position_ids=position_ids,
         shift_labels=batch["shift_labels"],
         fused_lm_head=True,
         use_cache=False,
+        shared_prompt_layout=layout,
     )
+    if layout.calls == 0:
+        raise RuntimeError(
+            f"{type(_unwrap(model)).__name__} never called the shared-prompt attention: its layers do not go through "
+            "transformers' attention interface, so the packed rows would attend across completions."
+        )
     completion_positions, completion_mask = batch["completion_positions"], batch["completion_mask"]
     rows = torch.arange(num_completions * batch_size, device=completion_mask.device) % batch_size  # (K * B,)
     valid = completion_mask.bool()

@@ -40,14 +40,18 @@ from .data.schema import (
 )
 from .data.shared_prompt_collator import DataCollatorForSharedPromptRankedPreference
 from .forward import ListwiseForward, ReferenceForward, listwise_forward, reference_inputs, shared_prompt_support
+from .shared_prompt_attention import enable_shared_prompt_attention
 
 
 logger = logging.getLogger(__name__)
 
 # `shared_prompt_forward=None` turns the shared-prompt forward on when packing removes at least this share of the
-# tokens. Measured on CPU (benchmarks/shared_prompt_micro.py): 69% fewer tokens (TL;DR shape) ran 2.3x faster, 25%
-# fewer (UltraFeedback shape) ran 0.85x, because attention over the packed row grows with its square.
-AUTO_SHARED_PROMPT_MIN_SAVING = 0.5
+# tokens (and the model can run it exactly). Its attention is split by structure (no dense mask), so it never does more
+# per-token work; what it may add is the branch-over-[prefix ; branch] attention computed without the causal kernel's
+# skip, which long completions behind a short prompt pay for. Measured on the 2-core CPU, forward + backward
+# (benchmarks/shared_prompt_micro.py, sdpa, best of 5): 3% fewer tokens ran 0.82-1.04x (inside the noise), 5-15%
+# fewer 0.99-1.11x, 25% fewer (UltraFeedback shape) and 69% fewer (TL;DR shape) clearly faster (see README).
+AUTO_SHARED_PROMPT_MIN_SAVING = 0.1
 
 VISION_COLUMNS = ("image", "images")
 
@@ -85,6 +89,8 @@ class RankedPreferenceTrainer(DPOTrainer):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}")
         if args.reference_free and ref_model is not None:
             raise ValueError(f"{type(self).__name__} is reference-free: do not pass a `ref_model`.")
+        if train_dataset is not None:  # DPOTrainer reads its first row before anything else (a bare StopIteration)
+            require_non_empty(train_dataset, "train")
         if args.reference_free:  # DPOTrainer would report its precompute-with-vision error, which would mislead
             for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
                 _refuse_vision(dataset, name, type(self).__name__)
@@ -194,18 +200,27 @@ class RankedPreferenceTrainer(DPOTrainer):
         self.shared_prompt_forward = _decide_shared_prompt(dataset, setting)
 
     def _shared_prompt_model_check(self) -> None:
-        """The model is only known once `Trainer.__init__` ran: auto mode falls back (logging why) for a model the
-        packed forward cannot run exactly; an explicit `shared_prompt_forward=True` raises naming the model."""
+        """The model is only known once `Trainer.__init__` ran: auto mode falls back (logging why, once) for a model the
+        packed forward cannot run exactly; an explicit `shared_prompt_forward=True` raises naming the model. Otherwise
+        the policy and the reference model are switched to the shared-prompt attention here (their unshared calls keep
+        their own implementation; see [`trl_rankalign.shared_prompt_attention`])."""
         if not self.shared_prompt_forward:
             return
         model = self.accelerator.unwrap_model(self.model)
-        reasons = shared_prompt_support(model)
+        ref_model = getattr(self, "ref_model", None)
+        models = [model] + ([self.accelerator.unwrap_model(ref_model)] if ref_model is not None else [])
+        reasons = list(dict.fromkeys(reason for each in models for reason in shared_prompt_support(each)))
         if self.aux_loss_enabled:
             reasons.append("the MoE router auxiliary loss")
         if is_peft_model(model) and model.active_peft_config.is_prompt_learning:
             reasons.append("prompt-learning PEFT")
         if not reasons:
-            return
+            try:
+                for each in models:
+                    enable_shared_prompt_attention(each)
+                return
+            except ValueError as error:  # a model that does not let its attention implementation be set
+                reasons.append(str(error))
         if not self._shared_prompt_auto:
             raise ValueError(
                 f"shared_prompt_forward=True cannot run {type(model).__name__} exactly: {'; '.join(reasons)}. "
@@ -447,7 +462,9 @@ def _decide_shared_prompt(dataset: Dataset | IterableDataset, setting: bool | No
     """Resolve `shared_prompt_forward`: an explicit True/False, or None (auto) from the share of tokens it saves.
 
     Packing a prompt with its K completions runs `P - 1 + sum_k L_k` tokens instead of `sum_k (P + L_k)`; auto turns
-    it on when that removes at least `AUTO_SHARED_PROMPT_MIN_SAVING` of the tokens on the first `sample_rows` rows.
+    it on when that removes at least `AUTO_SHARED_PROMPT_MIN_SAVING` of the tokens on the first `sample_rows` rows
+    (TRL's pairwise data included: K=2 with the prompt shared). An `IterableDataset` is not sampled: auto leaves it off.
+    Whether the model can run it exactly is checked once the model is known (`_shared_prompt_model_check`).
     """
     if setting is not None:
         return bool(setting)
