@@ -105,6 +105,11 @@ ISSUE_METHODS = {
     "preferred_ft",
     "raft",
     "rloo",
+    "iterate_rankdpo",
+    "iterate_lipo",
+    "iterate_pro",
+    "iterate_dpo",
+    "iterate_rankdpo_rso",
 }
 
 
@@ -112,19 +117,139 @@ def test_quality_registry_has_the_issue_methods():
     quality = _load("quality")
     assert ISSUE_METHODS <= set(quality.METHODS)
     assert set(quality.Settings().methods) == set(quality.METHODS)  # a full run runs every registered method
+    assert set(quality.NOISY_METHODS) <= set(quality.METHODS)
+    assert {"dpo_best_worst", "rloo", *quality.LISTWISE} & set(quality.METHODS) == {
+        "dpo_best_worst",
+        "rloo",
+        *quality.LISTWISE,
+    }
+    assert quality.ONLINE <= set(quality.METHODS)
     train, held_out = quality.prompt_split()
     assert len(train) == 90 and len(held_out) == 30 and not set(train) & set(held_out)
 
 
 def test_quality_knobs_have_sweep_values_in_full_and_quick_mode():
     quality = _load("quality")
-    for settings in (quality.Settings(), quality.Settings(**quality.QUICK)):
+    for settings, least in ((quality.Settings(), 5), (quality.Settings(**quality.QUICK), 1)):
         for name, (_build, knob) in quality.METHODS.items():
             values = quality.knob_values(settings, knob)
-            assert len(values) >= 1, name
+            assert len(values) >= (1 if knob is None else least), name
             assert (values == (None,)) == (knob is None), name
     assert quality.METHODS["preferred_ft"][1] is None and quality.METHODS["raft"][1] is None
     assert quality.METHODS["rloo"][1] == "beta"  # RLOO's KL coefficient means what DPO's beta means
+    assert quality.METHODS["iterate_pro"][1] == "sft_weight"
+    with pytest.raises(ValueError):
+        quality.Settings(steps=10, iterate_rounds=4)  # the steps must split evenly into rounds
+    with pytest.raises(ValueError):
+        quality.Settings(labels="people")
+
+
+def test_quality_budget_trains_every_method_on_the_same_sequences():
+    # K=4, 40 steps of 4 lists: 640 sequences trained on by every method; online methods generate as many, the offline
+    # ones the 180 x 4 completions of the lists (or of their own candidates)
+    quality = _load("quality")
+    settings = quality.Settings()
+    for name in quality.METHODS:
+        counts = quality.budget(name, settings, 4)
+        assert counts["trained"] == 640, name
+        assert counts["generated"] == (640 if name in quality.ONLINE else 720), name
+    assert quality.budget("sft", settings, 8) == {"trained": 0, "generated": 0}
+
+
+def test_plackett_luce_ranks_are_rank_scores_with_bradley_terry_pairwise_marginals():
+    quality = _load("quality")
+    rewards, tau = [0.0, 1.0, 3.0, 1.0], 1.5
+    draws = [quality.plackett_luce_ranks(rewards, tau, seed) for seed in range(4000)]
+    assert all(sorted(d) == [0.0, 1.0, 2.0, 3.0] for d in draws)
+    assert quality.plackett_luce_ranks(rewards, tau, 3) == draws[3]  # a seed gives one ranking
+    # P(completion 1 above completion 0) = sigmoid(1 / tau) = 0.661; P(2 above 1) = sigmoid(2 / tau) = 0.791; tied
+    # rewards (1 and 3) are ordered at random (1/2). Standard error of a share of 4000 draws: <= 0.008.
+    for (i, j), expected in (
+        ((1, 0), 1 / (1 + math.exp(-1 / tau))),
+        ((2, 1), 1 / (1 + math.exp(-2 / tau))),
+        ((1, 3), 0.5),
+    ):
+        share = sum(d[i] > d[j] for d in draws) / len(draws)
+        assert abs(share - expected) < 0.03, (i, j, share, expected)
+    # A vanishing temperature ranks by the reward
+    assert quality.plackett_luce_ranks([2.0, -1.0, 5.0], 1e-3, 0) == [1.0, 0.0, 2.0]
+
+
+def test_pairwise_agreement_counts_pairs_with_distinct_true_scores():
+    quality = _load("quality")
+    # List 1: pairs (0,1) agree, (0,2) agree, (1,2) disagree; list 2: the tied pair is not counted, (0,1) agrees
+    truth = [[3.0, 2.0, 1.0], [1.0, 1.0]]
+    labels = [[2.0, 0.0, 1.0], [0.0, 1.0]]
+    assert quality.pairwise_agreement(truth, labels) == pytest.approx(2 / 3)
+    assert quality.pairwise_agreement([[2.0, 1.0, 0.0]], [[2.0, 1.0, 0.0]]) == 1.0
+
+
+def test_noisy_reward_ranks_each_group_of_one_prompt_and_is_a_function_of_the_list():
+    quality = _load("quality")
+    prompts = ["Review of the soup:"] * 3 + ["Review of the pool:"] * 3
+    completions = [" great great", " bad", " fine", " awful", " great", " nice nice nice"]
+    scores = quality.noisy_reward(prompts, completions, tau=1.8, label_seed=7, group=3)
+    assert sorted(scores[:3]) == [0.0, 1.0, 2.0] and sorted(scores[3:]) == [0.0, 1.0, 2.0]
+    # The same list gets the same labels wherever it is labelled (alone, in another batch, as an offline list)
+    assert quality.noisy_reward(prompts[3:], completions[3:], tau=1.8, label_seed=7, group=3) == scores[3:]
+    settings = quality.Settings(labels="noisy")
+    row = {"prompt": prompts[0], "completions": completions[:3], "scores": [2.0, -1.0, 0.0]}
+    (relabelled,), _ = quality.relabel([row], settings)
+    assert relabelled["scores"] == quality.reward_for(settings, 3)(prompts[:3], completions[:3]) == scores[:3]
+    with pytest.raises(ValueError, match="mixes prompts"):
+        quality.noisy_reward(prompts[1:4], completions[1:4], tau=1.8, label_seed=7, group=3)
+    with pytest.raises(ValueError, match="groups of 3"):
+        quality.noisy_reward(prompts[:2], completions[:2], tau=1.8, label_seed=7, group=3)
+    assert quality.relabel([row], quality.Settings()) == ([row], 1.0)  # exact labels: untouched
+
+
+def test_quality_frontier_envelope_and_dominance():
+    quality = _load("quality")
+    a = [
+        {"kl": 0.5, "reward": 0.6},
+        {"kl": 2.0, "reward": 1.0},
+        {"kl": 3.0, "reward": 0.9},
+        {"kl": 12.0, "reward": 2.0},
+    ]
+    b = [{"kl": 1.0, "reward": 0.5}, {"kl": 4.0, "reward": 1.2}]
+    assert [p["kl"] for p in quality.envelope(a)] == [0.5, 2.0, 12.0]  # (3.0, 0.9) lies under (2.0, 1.0)
+    # Budgets 1..4: a has 0.6 / 1.0 against b's 0.5; from 4 on b has 1.2 > 1.0 (a's 2.0 is at KL 12 > 10)
+    margin, where = quality.dominance(a, b, max_kl=10.0)
+    assert margin == pytest.approx(-0.2) and where == 4.0
+    margin, where = quality.dominance(a, b, max_kl=3.5)
+    assert margin == pytest.approx(0.1) and where == 1.0
+    # No point of `a` within a budget where `b` has one: -inf
+    assert quality.dominance([{"kl": 5.0, "reward": 9.0}], b, max_kl=10.0) == (-math.inf, 1.0)
+
+
+def test_quality_trace_points_average_seeds_per_knob_and_step_and_report_them():
+    quality = _load("quality")
+
+    def run(method, seed, reward, kl, trace, **knob):
+        row = {"method": method, "K": 4, "seed": seed, "steps": 40, "reward": reward, "kl": kl, "trace": trace}
+        return row | {"beta": None, "trained": 640, "generated": 720} | knob
+
+    rows = [
+        {"method": "sft", "K": 4, "beta": None, "seed": 0, "reward": 0.0, "kl": 0.0, "trained": 0, "generated": 0},
+        run("rankdpo_pl", 0, 2.0, 9.0, [{"step": 20, "reward": 1.0, "kl": 1.0}], beta=0.1),
+        run("rankdpo_pl", 1, 1.0, 7.0, [{"step": 20, "reward": 2.0, "kl": 3.0}], beta=0.1),
+        run("dpo_best_worst", 0, 1.2, 4.0, [{"step": 20, "reward": 0.4, "kl": 0.5}], beta=0.1),
+        run("rloo", 0, 0.9, 3.0, [{"step": 20, "reward": 0.2, "kl": 0.2}], beta=0.1),
+        run("pro", 0, 1.3, 0.1, [], sft_weight=0.05),
+    ]
+    points = {(p["method"], p["step"]): p for p in quality.trace_points(rows)}
+    assert points[("rankdpo_pl", 20)]["reward"] == 1.5 and points[("rankdpo_pl", 20)]["kl"] == 2.0
+    assert points[("rankdpo_pl", 40)]["reward"] == 1.5 and points[("rankdpo_pl", 40)]["kl"] == 8.0
+    assert points[("sft", 0)]["kl"] == 0.0 and points[("pro", 40)]["beta"] == 0.05
+    table = quality.summary_table(rows)
+    # Frontier of rankdpo_pl at KL <= 2: the step-20 point (1.5); its end points start at KL 8
+    assert "| 4 | rankdpo_pl | 720 / 640 | – | 1.50 | 1.50 | 1.50 | 1.50 ± 0.71 (KL 2.00, β=0.1, step 20) |" in table
+    assert "| 4 | rankdpo_pl | – | – | – | 1.50 | 1.50 ± 0.71 (KL 8.00, β=0.1) |" in table
+    assert "| 4 | pro | 720 / 640 | 1.30 |" in table and "w=0.05" in table
+    assert "| 4 | rankdpo_pl | -0.40 (KL ≤ 0.50) | -0.20 (KL ≤ 0.20) | no |" in table
+    # rankdpo_pl has only the SFT policy (reward 0) within KL 0.5, where DPO reaches 0.4; PRO's single point (KL 0.1,
+    # reward 1.3) stays above DPO's 1.2 at KL 4 and RLOO's 0.9 at KL 3
+    assert "| 4 | pro | +0.10 (KL ≤ 4.00) | +0.40 (KL ≤ 3.00) | yes |" in table
 
 
 def test_quality_merge_replaces_same_runs_and_keeps_the_rest():
@@ -155,6 +280,62 @@ def test_quality_merge_replaces_same_runs_and_keeps_the_rest():
         quality.check_sft_rows(old, [dict(new[0], reward=0.5)])
 
 
+@pytest.fixture(scope="module")
+def smoke_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("quality-cache")  # the smoke runs share one tiny SFT policy and its lists
+
+
+def _smoke_settings(quality, labels, methods):
+    """A tiny configuration of the whole pipeline: 40 pre-training steps, K=4, 4 optimizer steps of 2 lists, traced
+    every 2 steps, 2 iterate rounds, one evaluation sample per held-out prompt."""
+    return quality.Settings(
+        ks=(4,),
+        betas=(0.1,),
+        pro_sft_weights=(0.05,),
+        seeds=(0,),
+        methods=methods,
+        labels=labels,
+        pretrain_lines=500,
+        pretrain_steps=40,
+        list_repeats=1,
+        max_new_tokens=12,
+        steps=4,
+        lists_per_step=2,
+        iterate_rounds=2,
+        eval_samples=1,
+        eval_every=2,
+        eval_trace_samples=1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("labels", "methods"),
+    [("exact", ("dpo_best_worst", "rankdpo_pl", "iterate_dpo")), ("noisy", ("rloo", "iterate_rankdpo_rso"))],
+)
+def test_quality_smoke_traces_every_run(tmp_path, smoke_cache, labels, methods):
+    quality = _load("quality")
+    settings = _smoke_settings(quality, labels, methods)
+    quality.run(settings, tmp_path, smoke_cache)
+    stem = quality.result_stem(settings)
+    rows = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert {r["method"] for r in rows} == {"sft", *methods}
+    for row in rows:
+        if row["method"] == "sft":
+            continue
+        # One traced point at step 2 (a trainer's callback, or iterate's first round policy), the end point at 4
+        assert [p["step"] for p in row["trace"]] == [2], row["method"]
+        assert math.isfinite(row["trace"][0]["kl"]) and math.isfinite(row["kl"])
+        assert row["trained"] == 4 * 2 * 4 and row["labels"] == labels
+        assert row["generated"] == (32 if row["method"] in quality.ONLINE else 90 * 4)
+        if labels == "noisy":
+            assert 0.5 < row["label_agreement"] < 1.0 and row["noise_tau"] == settings.noise_tau
+        if row["method"].startswith("iterate"):
+            assert [r["round"] for r in row["rounds"]] == [0, 1]
+    report = (tmp_path / f"{stem}.md").read_text()
+    assert "| 4 | sft | 0 / 0 |" in report and "End points only" in report
+    assert (tmp_path / f"{stem}.png").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_quality_quick_mode_rankdpo_beats_sft(tmp_path):
     quality = _load("quality")
@@ -164,5 +345,5 @@ def test_quality_quick_mode_rankdpo_beats_sft(tmp_path):
     sft = next(r["reward"] for r in rows if r["method"] == "sft")
     rankdpo = next(r for r in rows if r["method"] == "rankdpo_pl")
     assert rankdpo["reward"] > sft + 0.3, (rankdpo, sft)
-    assert rankdpo["kl"] > 0
+    assert rankdpo["kl"] > 0 and [p["step"] for p in rankdpo["trace"]] == [20]
     assert (tmp_path / "quality.png").stat().st_size > 0
