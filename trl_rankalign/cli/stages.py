@@ -265,27 +265,18 @@ def run_raft(script_args, training_args, model_args, dataset_args) -> dict:
     """RAFT ([`trl_rankalign.raft.train_raft`]) on the distinct prompts of the recipe's data, rewarded by
     `reward_model_path` or `reward_function`; the final policy is saved to `output_dir` with the completion marker."""
     from datasets import load_from_disk
-    from trl import get_peft_config, get_quantization_config
 
     from ..raft import train_raft
     from ..sampling.generation import read_jsonl
 
     started = time.time()
-    training_args.reward_model_path = unset(training_args.reward_model_path)
-    training_args.reward_function = unset(training_args.reward_function)
-    if bool(training_args.reward_model_path) == bool(training_args.reward_function):
-        raise ValueError("The raft stage needs exactly one reward: `reward_model_path` or `reward_function`.")
-    if training_args.reward_function:
-        reward = import_callable(training_args.reward_function, "reward_function")
-    else:
-        reward = resolve_model_path(training_args.reward_model_path)
-    model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
-    model_init_kwargs(training_args, model_args)
-    _quantized_model_init(training_args, get_quantization_config(model_args))
-    dataset = load_stage_dataset(script_args, dataset_args)
-    prompts = prompts_of(dataset[script_args.dataset_train_split])["prompt"]
-    train_raft(
-        model_args.model_name_or_path, prompts, training_args, reward=reward, peft_config=get_peft_config(model_args)
+    prompts = _train_online(
+        stage="raft",
+        train=train_raft,
+        script_args=script_args,
+        training_args=training_args,
+        model_args=model_args,
+        dataset_args=dataset_args,
     )
     output = Path(training_args.output_dir)
     sampled, selected = [], []
@@ -319,26 +310,17 @@ def run_iterate(script_args, training_args, model_args, dataset_args) -> dict:
     """Online listwise training ([`trl_rankalign.iterative.train_iterative`]) on the distinct prompts of the recipe's
     data, rewarded by `reward_model_path` or `reward_function`; per-round metrics join the summary."""
     from accelerate import PartialState
-    from trl import get_peft_config, get_quantization_config
 
     from ..iterative import ROUNDS_FILE, train_iterative
 
     started = time.time()
-    training_args.reward_model_path = unset(training_args.reward_model_path)
-    training_args.reward_function = unset(training_args.reward_function)
-    if bool(training_args.reward_model_path) == bool(training_args.reward_function):
-        raise ValueError("The iterate stage needs exactly one reward: `reward_model_path` or `reward_function`.")
-    if training_args.reward_function:
-        reward = import_callable(training_args.reward_function, "reward_function")
-    else:
-        reward = resolve_model_path(training_args.reward_model_path)
-    model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
-    model_init_kwargs(training_args, model_args)
-    _quantized_model_init(training_args, get_quantization_config(model_args))
-    dataset = load_stage_dataset(script_args, dataset_args)
-    prompts = prompts_of(dataset[script_args.dataset_train_split])["prompt"]
-    train_iterative(
-        model_args.model_name_or_path, prompts, training_args, reward=reward, peft_config=get_peft_config(model_args)
+    prompts = _train_online(
+        stage="iterate",
+        train=train_iterative,
+        script_args=script_args,
+        training_args=training_args,
+        model_args=model_args,
+        dataset_args=dataset_args,
     )
     output = Path(training_args.output_dir)
     rounds = [json.loads(line) for line in (output / ROUNDS_FILE).read_text().splitlines() if line.strip()]
@@ -362,3 +344,28 @@ def run_iterate(script_args, training_args, model_args, dataset_args) -> dict:
     state.wait_for_everyone()
     state.destroy_process_group()  # as `trainer.end()` does for the other stages (no-op with one process)
     return summary
+
+
+def _train_online(stage, train, script_args, training_args, model_args, dataset_args) -> list:
+    """What `raft` and `iterate` share: exactly one reward (`reward_model_path` or `reward_function`), the model, the
+    distinct prompts of the recipe's data, then `train(model, prompts, args, reward=, peft_config=)`. Returns the
+    prompts."""
+    from trl import get_peft_config, get_quantization_config
+
+    training_args.reward_model_path = unset(training_args.reward_model_path)
+    training_args.reward_function = unset(training_args.reward_function)
+    if bool(training_args.reward_model_path) == bool(training_args.reward_function):
+        raise ValueError(f"The {stage} stage needs exactly one reward: `reward_model_path` or `reward_function`.")
+    if training_args.reward_function:
+        reward = import_callable(training_args.reward_function, "reward_function")
+    else:
+        reward = resolve_model_path(training_args.reward_model_path)
+    model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
+    model_init_kwargs(training_args, model_args)
+    _quantized_model_init(training_args, get_quantization_config(model_args))
+    dataset = load_stage_dataset(script_args, dataset_args)
+    prompts = prompts_of(dataset[script_args.dataset_train_split])["prompt"]
+    train(
+        model_args.model_name_or_path, prompts, training_args, reward=reward, peft_config=get_peft_config(model_args)
+    )
+    return prompts
