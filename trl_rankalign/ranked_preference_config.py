@@ -25,9 +25,9 @@ class RankedPreferenceConfig(DPOConfig):
 
     Parameters:
         shared_prompt_forward (`bool`, *optional*):
-            Encode each prompt once for its K completions: one packed row, a block attention mask and per-completion
-            position ids (the same log-probs as K separate rows). `None` (auto) turns it on when it removes at least
-            half of the tokens (long prompts, short completions, as TL;DR) and the model's attention supports it.
+            Encode each prompt once for its K completions: one packed row per prompt, its completions attending to the
+            prompt's keys/values through a registered attention function (the same log-probs as K separate rows).
+            `None` (auto) turns it on when it removes at least 10% of the tokens and the model can run it exactly.
     """
 
     reference_free: ClassVar[bool] = False
@@ -36,8 +36,8 @@ class RankedPreferenceConfig(DPOConfig):
     shared_prompt_forward: bool | None = field(
         default=None,
         metadata={
-            "help": "Encode each prompt once for its K completions (one packed row with a block attention mask). "
-            "None (auto): on when packing removes at least half of the tokens (long prompts, short completions)."
+            "help": "Encode each prompt once for its K completions (one packed row, the completions attending to the "
+            "prompt). None (auto): on when packing removes at least 10% of the tokens and the model can run it exactly."
         },
     )
 
