@@ -17,7 +17,7 @@
    ranking sampled from a Plackett-Luce model with utilities true_reward / `noise_tau` (Gumbel-max), as integer rank
    scores K-1 .. 0 (no ties), seeded by the list's content (`label_seed`): the same list always gets the same labels,
    for every method and training seed, like a data set labelled once. Its pairwise marginals are Bradley-Terry's,
-   P(i above j) = sigmoid((r_i - r_j) / tau); tau = 1.8 makes about 73% of the pairs with distinct true rewards agree
+   P(i above j) = sigmoid((r_i - r_j) / tau); tau = 1.8 makes about 71% of the pairs with distinct true rewards agree
    with the true order, as human raters agree with each other (the measured agreement is printed and stored in every
    row, `label_agreement`). Methods that score their own samples (RSO, RAFT, RLOO, iterate) get the same labeller as
    a reward function (`noisy_reward`): each prompt's group of K samples ranked by one Plackett-Luce draw.
@@ -1070,7 +1070,7 @@ def plot(results: list[dict], path: Path) -> None:
     colors = {m: cmap(order[i % 20]) for i, m in enumerate(methods)}
     markers = {m: "*osD^vPXhp<>d8H"[i % 15] for i, m in enumerate(methods)}
     groups = [
-        ("listwise vs the baselines", [m for m in methods if m in LISTWISE]),
+        ("listwise vs the baselines", [m for m in methods if m in LISTWISE or m == "sft"]),
         ("other methods vs the baselines", [m for m in methods if m not in LISTWISE and m not in BASELINES]),
     ]
     fig, axes = plt.subplots(len(groups), len(ks), figsize=(7 * len(ks), 5 * len(groups)), squeeze=False)
@@ -1097,6 +1097,10 @@ def plot(results: list[dict], path: Path) -> None:
                 ax.scatter([p["kl"] for p in mine], [p["reward"] for p in mine], color=colors[method], alpha=0.15, s=8)
             ax.axvline(GOAL_KL, color="grey", linewidth=0.8, linestyle=":")
             ax.set_xlim(-0.5, 2 * GOAL_KL)
+            shown = [p["reward"] for p in trace if p["K"] == k and p["kl"] <= 2 * GOAL_KL]
+            if shown:
+                pad = 0.05 * (max(shown) - min(shown) + 1e-9)
+                ax.set_ylim(min(shown) - pad, max(shown) + pad)
             ax.set_title(f"K = {k}: {title}", fontsize=10)
             ax.set_xlabel("sequence-level KL(π ‖ π_SFT), nats, sampled (axis cut at 20)")
             ax.set_ylabel("mean true reward, held-out prompts")
