@@ -1,9 +1,10 @@
 """Micro-benchmark: forward + backward of the shared-prompt forward against the unshared one (not a test).
 
 A random-weight Qwen2 (hidden 256, 4 layers, 4 heads / 2 KV heads, vocabulary 8192) with TRL's fused LM head, batch
-2, three paths over the same completions:
+2, three paths over the same completions, each handing the LM head the completion tokens only
+([`trl_rankalign.forward.scored_positions`]), so they differ in the rows and the attention alone:
 
-- `unshared`: K rows `[prompt + completion_k]` per prompt (what TRL's DPOTrainer and the default forward run);
+- `unshared`: K rows `[prompt + completion_k]` per prompt (the default forward; TRL's DPOTrainer runs these rows);
 - `dense`: the previous shared-prompt forward, kept here for comparison only: one packed row per prompt under a dense
   `(B, 1, L, L)` block mask (SDPA cannot use its causal fast path; eager materialises it);
 - `shared`: the shared-prompt forward of this package ([`listwise_forward`] through the registered shared-prompt
@@ -94,15 +95,10 @@ def build(attn_implementation: str, shape: str, seed: int = 0):
 
 
 def unshared_logps(model, batch):
-    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-    outputs = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        labels=labels,
-        fused_lm_head=True,
-        use_cache=False,
-    )
-    return outputs.log_probs.sum(1)  # (K * B,)
+    """The default forward: K rows per prompt (the LM head scores the completion tokens only, as on every path)."""
+    from trl_rankalign.forward import listwise_forward
+
+    return listwise_forward(model, batch).logps.T.reshape(-1)  # (K * B,)
 
 
 def dense_mask(batch, attn_implementation: str) -> torch.Tensor:
@@ -117,18 +113,28 @@ def dense_mask(batch, attn_implementation: str) -> torch.Tensor:
 
 
 def dense_logps(model, batch, attn_implementation: str):
-    """The previous shared-prompt forward: the packed rows under the dense mask (the model's own attention)."""
-    outputs = model(
-        input_ids=batch["input_ids"],
-        attention_mask=dense_mask(batch, attn_implementation),
-        position_ids=batch["position_ids"],
-        shift_labels=batch["shift_labels"],
-        fused_lm_head=True,
-        use_cache=False,
-    )
+    """The previous shared-prompt forward: the packed rows under the dense mask (the model's own attention); the LM
+    head scores the completion tokens only, as on the other paths."""
+    from trl_rankalign.forward import scored_positions
+
     num_completions = batch["list_mask"].size(1)
     rows = torch.arange(num_completions * BATCH_SIZE) % BATCH_SIZE
-    per_token = outputs.log_probs[rows[:, None], batch["completion_positions"]] * batch["completion_mask"]
+    positions, mask = (
+        batch[name].transpose(0, 1).flatten(0, 1) for name in ("completion_positions", "completion_mask")
+    )  # (K * B, T), completion-major
+    valid = mask.bool()
+    length = batch["input_ids"].size(1)
+    scored = (rows[:, None] * length + positions)[valid]
+    with scored_positions(model, scored, length):
+        outputs = model(
+            input_ids=batch["input_ids"],
+            attention_mask=dense_mask(batch, attn_implementation),
+            position_ids=batch["position_ids"],
+            shift_labels=batch["shift_labels"].reshape(-1)[scored][None],
+            fused_lm_head=True,
+            use_cache=False,
+        )
+    per_token = outputs.log_probs.new_zeros(valid.shape).masked_scatter(valid, outputs.log_probs[0])
     return per_token.sum(1)
 
 

@@ -1,6 +1,6 @@
 """Speed and memory benchmark: RankDPOTrainer on ranked lists vs TRL's DPOTrainer on pairs of the same completions.
 
-    python benchmarks/speed.py            # 2 shapes x (K=2, 4, 8) x 3 trainers x 5 alternating runs (~45 min, 2 cores)
+    python benchmarks/speed.py            # 2 shapes x (K=2, 4, 8) x 3 trainers x 5 alternating runs (~25 min, 2 cores)
     python benchmarks/speed.py --quick    # TL;DR shape, K=2 and 4, 3 runs each
     python benchmarks/speed.py --shapes ultrafeedback --ks 4 --runs 3
 
@@ -16,7 +16,7 @@ Setting (CPU, fp32, no gradient checkpointing):
   `K=4` (`K=8`): B lists of K vs K/2·B pairs holding the same completions, (y1 > y2), (y3 > y4), … of each list:
   every completion appears once, so both trainers push the same K·B sequences through policy and reference. (All
   C(K,2) pairs would process K-1 times the sequences for the same completions; per-completion throughput covers that.)
-- timing: `trainer.train()` for `warmup + steps` optimizer steps with a callback timing each step (dataloader,
+- timing: `trainer.train()` for `warmup + steps` optimizer steps (default 2 + 6) with a callback timing each step (dataloader,
   collation, policy and reference forwards, backward, optimizer step: the trainers' real path); a run's step time is
   the median of its timed steps. Each run is a fresh subprocess, whose peak RSS (`ru_maxrss`) is reported, and per
   completion: (peak RSS - RSS before the trainer was built) / completions per step. Runs alternate DPO / RankDPO /
@@ -193,7 +193,17 @@ def run_one(spec: dict) -> dict:
 
 
 def _ratios(runs: list[dict], entry: dict, shape: str, k: int, trainer: str) -> dict:
-    """`trainer` relative to TRL's DPOTrainer: medians, and the median of back-to-back paired step-time ratios."""
+    """`trainer` relative to TRL's DPOTrainer: medians, and the median and range of back-to-back step-time ratios."""
+    paired = [
+        d["step_time_s"] / r["step_time_s"]
+        for d in runs
+        for r in runs
+        if d["shape"] == r["shape"] == shape
+        and d["k"] == r["k"] == k
+        and d["run"] == r["run"]
+        and d["trainer"] == "dpo"
+        and r["trainer"] == trainer
+    ]
     return {
         "speed (DPO step time / step time)": entry["dpo"]["step_time_s"] / entry[trainer]["step_time_s"],
         "completions_per_s": entry[trainer]["completions_per_s"] / entry["dpo"]["completions_per_s"],
@@ -202,16 +212,8 @@ def _ratios(runs: list[dict], entry: dict, shape: str, k: int, trainer: str) -> 
         "peak_rss_per_completion": entry[trainer]["peak_rss_per_completion_mib"]
         / entry["dpo"]["peak_rss_per_completion_mib"],
         # Runs i of both trainers ran back to back: the median of their ratios cancels most of a shared box's drift
-        "paired_speed_median": statistics.median(
-            d["step_time_s"] / r["step_time_s"]
-            for d in runs
-            for r in runs
-            if d["shape"] == r["shape"] == shape
-            and d["k"] == r["k"] == k
-            and d["run"] == r["run"]
-            and d["trainer"] == "dpo"
-            and r["trainer"] == trainer
-        ),
+        "paired_speed_median": statistics.median(paired),
+        "paired_speed_range": [min(paired), max(paired)],
     }
 
 
@@ -241,7 +243,7 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 def table(summary: list[dict], lists_per_step: int) -> str:
     lines = [
-        "| shape | K | comparison | trainer | step (s) | completions/s | vs TRL DPO (paired) | peak RSS MiB "
+        "| shape | K | comparison | trainer | step (s) | completions/s | vs TRL DPO (paired: median, range) | peak RSS MiB "
         "| RSS MiB per completion (vs DPO) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -254,7 +256,10 @@ def table(summary: list[dict], lists_per_step: int) -> str:
                 speed, rss = "1.00×", ""
             else:
                 ratio = e["ratio"][trainer]
-                speed = f"{ratio['completions_per_s']:.2f}× ({ratio['paired_speed_median']:.2f}×)"
+                low, high = ratio["paired_speed_range"]
+                speed = (
+                    f"{ratio['completions_per_s']:.2f}× ({ratio['paired_speed_median']:.2f}×, {low:.2f}–{high:.2f})"
+                )
                 rss = f" ({ratio['peak_rss_per_completion']:.2f}×)"
             lines.append(
                 f"| {e['shape']} ({e['prompt_len']}+{e['completion_len']}) | {e['k']} | {comparison} "
@@ -307,8 +312,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=None, help="default: both")
     parser.add_argument("--ks", nargs="+", type=int, default=None, help="list sizes K (default 2 4 8; quick 2 4)")
     parser.add_argument("--runs", type=int, default=None, help="runs per trainer and setting (default 5, quick 3)")
-    parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps per run")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps per run")
+    parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps per run")
     parser.add_argument("--lists-per-step", type=int, default=1, help="B: ranked lists per optimizer step")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1: the box is shared)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)

@@ -21,7 +21,7 @@ from trl.trainer.utils import add_fused_lm_head
 
 from trl_rankalign.data.collator import DataCollatorForRankedPreference
 from trl_rankalign.data.shared_prompt_collator import DataCollatorForSharedPromptRankedPreference, pack_shared_prompt
-from trl_rankalign.forward import listwise_forward, shared_prompt_support
+from trl_rankalign.forward import listwise_forward, scored_positions, shared_prompt_support
 from trl_rankalign.shared_prompt_attention import (
     SharedPromptLayout,
     enable_shared_prompt_attention,
@@ -128,10 +128,14 @@ def test_pack_exact_tensors():
     assert batch["segment_ids"].tolist() == [[0, 1, 1, 2, -1], [1, 2, 3, 3, 3]]
     assert batch["shift_labels"].tolist() == [[-100, 4, 5, 3, -100], [8, 7, 9, 10, 11]]
     assert batch["padding_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
-    # completion-major: (rank 1, prompt 0), (rank 1, prompt 1), (rank 2, prompt 0), ..., (rank 3, prompt 0) is empty
-    assert batch["completion_positions"].tolist() == [[1, 2, 0], [0, 0, 0], [3, 0, 0], [1, 0, 0], [0, 0, 0], [2, 3, 4]]
-    assert batch["completion_mask"].tolist() == [[1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]]
-    assert batch["completion_mask"].sum(1).tolist() == unshared["completion_mask"][:, 1:].sum(1).tolist()
+    # (B, K, T): prompt 0 ranks 1-3 (rank 3 is an empty slot), then prompt 1 ranks 1-3
+    assert batch["completion_positions"].tolist() == [
+        [[1, 2, 0], [3, 0, 0], [0, 0, 0]],
+        [[0, 0, 0], [1, 0, 0], [2, 3, 4]],
+    ]
+    assert batch["completion_mask"].tolist() == [[[1, 1, 0], [1, 0, 0], [0, 0, 0]], [[1, 0, 0], [1, 0, 0], [1, 1, 1]]]
+    lengths = batch["completion_mask"].sum(2).T.reshape(-1)  # completion-major, as the unshared rows
+    assert lengths.tolist() == unshared["completion_mask"][:, 1:].sum(1).tolist()
     for key in ("list_mask", "scores", "ref_logps"):
         assert torch.equal(batch[key], unshared[key])
 
@@ -402,3 +406,63 @@ def test_entropy_layout(tiny_path):
     assert out.entropy.shape == out.per_token_logps.shape
     assert (out.entropy[out.completion_mask.bool()] > 0).all()
     assert (out.entropy[~out.completion_mask.bool()] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------ scored positions only
+HEAD_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
+
+
+def full_head_outputs(model, batch):
+    """Every field of TRL's fused head over every position (no `scored_positions`), at the completion tokens."""
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    outputs = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, fused_lm_head=True
+    )
+    mask = batch["completion_mask"][:, 1:].bool()
+    return {name: getattr(outputs, name)[:, -mask.size(1) :][mask] for name in HEAD_OUTPUTS}
+
+
+@pytest.mark.parametrize("prompt_tuning", [False, True])
+def test_unshared_forward_scores_only_completion_tokens(tiny_path, prompt_tuning):
+    """The default forward hands the LM head the completion positions only, with every head field unchanged (also
+    under prompt-learning PEFT, whose virtual tokens lead the hidden states); the hook is gone afterwards."""
+    model = load_tiny(tiny_path, "sdpa")
+    add_fused_lm_head(model, outputs=HEAD_OUTPUTS)
+    if prompt_tuning:
+        from peft import PromptTuningConfig, get_peft_model
+
+        model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    batch = DataCollatorForRankedPreference(pad_token_id=PAD)(random_examples(3, 200))
+    backbone = (model.get_base_model() if prompt_tuning else model).base_model
+    backbone_outputs = []  # the backbone's output object, as the fused head then reads it
+    probe = backbone.register_forward_hook(lambda module, args, output: backbone_outputs.append(output))
+    out = listwise_forward(model, batch)
+    probe.remove()
+    mask = out.completion_mask.bool()
+    assert len(backbone_outputs) == 1
+    assert backbone_outputs[0].last_hidden_state.shape[:2] == (1, mask.sum())  # one row per completion token
+    assert not backbone._forward_hooks
+    reference = full_head_outputs(model, batch)
+    fields = {"log_probs": "per_token_logps", "entropy": "entropy", "mean_logits": "mean_logits", "is_top1": "is_top1"}
+    for name in HEAD_OUTPUTS:
+        values = getattr(out, fields[name])
+        torch.testing.assert_close(values[mask], reference[name], atol=ATOL, rtol=0)
+        assert not values[~mask].any()
+
+
+def test_scored_positions_fails_loudly_when_the_head_reads_otherwise(tiny_path):
+    """If TRL's fused head stopped reading the backbone's `last_hidden_state` row for row, the forward would raise
+    naming the adaptation instead of scoring the wrong rows."""
+    model = load_tiny(tiny_path, "sdpa")
+    batch = DataCollatorForRankedPreference(pad_token_id=PAD)(random_examples(4, 200))
+    length = batch["input_ids"].size(1)
+    with scored_positions(model, torch.tensor([0, 1, 2]), length) as seen:
+        pass  # no forward ran: the hook never fired
+    with pytest.raises(RuntimeError, match="scored_positions needs updating"):
+        seen.check(torch.zeros(1, 3))
+    labels = batch["input_ids"].reshape(-1)[1:4][None]  # positions 0-2 score tokens 1-3
+    with scored_positions(model, torch.tensor([0, 1, 2]), length) as seen:
+        outputs = model(input_ids=batch["input_ids"], shift_labels=labels, fused_lm_head=True)
+    seen.check(outputs.log_probs)  # (1, 3): as expected
+    with pytest.raises(RuntimeError, match=r"expected \(1, 3\)"):
+        seen.check(outputs.log_probs.expand(2, 3))  # as if TRL had kept a batch dimension of its own

@@ -127,6 +127,27 @@ def test_precompute_with_an_iterable_dataset_raises_trls_error(tiny_path, tmp_pa
         RankDPOTrainer(tiny_path, args=args, **datasets)
 
 
+@pytest.mark.parametrize("shared_prompt_forward", [False, True])
+def test_evaluate_on_an_iterable_dataset_equals_dpo(tiny_path, tmp_path, shared_prompt_forward):
+    """`evaluate(IterableDataset)` (TRL's test_evaluate_with_eval_dataset): accelerate dispatches such batches and
+    slices every tensor by the first one's size, so every tensor of a ranked batch must lead with the same dimension.
+    Five pairs in batches of two: the last batch is a short one."""
+    rows = [{"prompt": f"Soup number {i} was", "chosen": " lovely and warm.", "rejected": " cold."} for i in range(5)]
+    config = dict(per_device_eval_batch_size=2)
+    dpo = DPOTrainer(
+        tiny_path, args=pairwise_config(DPOConfig, tmp_path / "d", **config), train_dataset=Dataset.from_list(rows[:1])
+    )
+    rank = RankDPOTrainer(
+        tiny_path,
+        args=pairwise_config(RankDPOConfig, tmp_path / "r", shared_prompt_forward=shared_prompt_forward, **config),
+        train_dataset=Dataset.from_list(rows[:1]),
+    )
+    theirs = dpo.evaluate(eval_dataset=IterableDataset.from_generator(lambda: iter(rows)))
+    ours = rank.evaluate(eval_dataset=IterableDataset.from_generator(lambda: iter(rows)))
+    for key in ("eval_loss", "eval_logps/chosen", "eval_logps/rejected", "eval_mean_token_accuracy"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), key
+
+
 def test_vision_data_is_refused_clearly(tiny_path, tmp_path):
     """A text model with image data gets DPOTrainer's own error (TRL's test expects its wording); a reference-free
     trainer refuses vision data up front (DPOTrainer would blame `precompute_ref_log_probs`)."""

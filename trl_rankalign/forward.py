@@ -23,8 +23,8 @@ label per position (even TRL's pre-shifted `shift_labels`) cannot express. The l
 of the prefix into each branch (same token, same position `P-1`, same keys before it, hence the same hidden state),
 and the branch's own last token is dropped: it predicts nothing. A branch is exactly `L_k` tokens long and the packed
 row holds `P - 1 + sum_k L_k` tokens (instead of `K * P + sum_k L_k`). The forward then passes `shift_labels` to
-TRL's fused LM head (`add_fused_lm_head`), which scores the hidden state at every position against the label at that
-position without shifting. A prompt of 0 tokens has no token to copy: the branch is `y_k[:-1]` scoring `y_k[1:]`,
+TRL's fused LM head (`add_fused_lm_head`), which scores each hidden state against the label at its position without
+shifting. A prompt of 0 tokens has no token to copy: the branch is `y_k[:-1]` scoring `y_k[1:]`,
 exactly what the unshared row scores (its first completion token is never predicted either).
 
 Attention: the packed row is never masked densely. [`trl_rankalign.shared_prompt_attention`] registers an attention
@@ -38,6 +38,7 @@ implementation (flash excepted, see that module). Sliding windows come from the
 row's mask measures them. The batch stays compact: nothing of size `(P + sum_k L_k)^2` is built.
 """
 
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -55,6 +56,7 @@ __all__ = [
     "ReferenceForward",
     "listwise_forward",
     "reference_inputs",
+    "scored_positions",
     "shared_prompt_support",
 ]
 
@@ -99,7 +101,8 @@ class ListwiseForward(NamedTuple):
 def listwise_forward(model, batch: dict[str, torch.Tensor], output_router_logits: bool = False) -> ListwiseForward:
     """
     Per-completion log-probs of a collated ranked batch through TRL's fused LM head (`fused_lm_head=True`, so the
-    full-vocabulary logits are never materialised), whichever collator built it: K rows per prompt
+    full-vocabulary logits are never materialised), which is handed the completion tokens' hidden states only
+    ([`scored_positions`]: TRL's head scores every position on CPU, prompt included), whichever collator built it: K rows per prompt
     ([`DataCollatorForRankedPreference`]) or one packed row per prompt
     ([`DataCollatorForSharedPromptRankedPreference`], recognised by its `segment_ids`). The trainer never needs to
     know which.
@@ -116,25 +119,31 @@ def listwise_forward(model, batch: dict[str, torch.Tensor], output_router_logits
         return _shared_prompt_forward(model, batch)
 
     batch_size, num_completions = batch["list_mask"].shape
-    completion_mask = batch["completion_mask"]
-    labels = batch["input_ids"].masked_fill(completion_mask == 0, -100)
-    extra = {"output_router_logits": True} if output_router_logits else {}
-    outputs = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        labels=labels,
-        fused_lm_head=True,
-        use_cache=False,
-        **extra,
-    )
+    input_ids, completion_mask = batch["input_ids"], batch["completion_mask"]
+    num_rows, length = input_ids.shape
+    # Position t scores token t + 1 (the causal shift); the LM head scores only the completion tokens
     shift_completion_mask = completion_mask[:, 1:]
-    seq_len = shift_completion_mask.size(1)
+    valid = shift_completion_mask.bool()  # (K * B, L - 1)
+    positions = torch.arange(num_rows * length, device=input_ids.device).view(num_rows, length)
+    scored = positions[:, :-1][valid]  # (M,) flat positions
+    extra = {"output_router_logits": True} if output_router_logits else {}
+    with scored_positions(model, scored, length) as hook:
+        outputs = model(
+            input_ids=input_ids,
+            attention_mask=batch["attention_mask"],
+            shift_labels=input_ids[:, 1:][valid][None],  # (1, M)
+            fused_lm_head=True,
+            use_cache=False,
+            **extra,
+        )
+    hook.check(outputs.log_probs)
 
-    def real_positions(values: torch.Tensor | None) -> torch.Tensor | None:
-        # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens
-        return None if values is None else values[:, -seq_len:]
+    def unpack(scored_values: torch.Tensor | None) -> torch.Tensor | None:
+        if scored_values is None:
+            return None
+        return scored_values.new_zeros(valid.shape).masked_scatter(valid, scored_values[0])  # (K * B, L - 1)
 
-    per_token_logps = real_positions(outputs.log_probs)  # (K * B, L - 1)
+    per_token_logps = unpack(outputs.log_probs)  # (K * B, L - 1)
     logps = per_token_logps.sum(dim=1).view(num_completions, batch_size).T  # (B, K)
     valid_rows = batch["list_mask"].T.reshape(-1)  # (K * B,) completion-major
     num_tokens = batch["attention_mask"].sum(dim=1)[valid_rows].sum()
@@ -142,9 +151,9 @@ def listwise_forward(model, batch: dict[str, torch.Tensor], output_router_logits
         logps=logps,
         per_token_logps=per_token_logps,
         completion_mask=shift_completion_mask,
-        entropy=real_positions(getattr(outputs, "entropy", None)),
-        mean_logits=real_positions(getattr(outputs, "mean_logits", None)),
-        is_top1=real_positions(getattr(outputs, "is_top1", None)),
+        entropy=unpack(getattr(outputs, "entropy", None)),
+        mean_logits=unpack(getattr(outputs, "mean_logits", None)),
+        is_top1=unpack(getattr(outputs, "is_top1", None)),
         aux_loss=getattr(outputs, "aux_loss", None) if output_router_logits else None,
         num_tokens=num_tokens,
     )
@@ -160,29 +169,35 @@ def _shared_prompt_forward(model, batch: dict[str, torch.Tensor]) -> ListwiseFor
     # An empty 4-D mask: transformers' mask creation returns a 4-D mask as is, so it builds none; the attention reads
     # the layout instead (and any other attention function would fail on it loudly rather than attend wrongly)
     no_mask = torch.ones(input_ids.size(0), 1, 0, 0, dtype=torch.bool, device=input_ids.device)
-    outputs = model(
-        input_ids=input_ids,
-        attention_mask=no_mask,
-        position_ids=position_ids,
-        shift_labels=batch["shift_labels"],
-        fused_lm_head=True,
-        use_cache=False,
-        shared_prompt_layout=layout,
+    # (B, K, T) -> (K * B, T), completion-major like the unshared rows (row k * B + b: prompt b's rank-k completion)
+    completion_positions, completion_mask = (
+        batch[name].transpose(0, 1).flatten(0, 1) for name in ("completion_positions", "completion_mask")
     )
+    rows = torch.arange(num_completions * batch_size, device=completion_mask.device) % batch_size  # (K * B,)
+    valid = completion_mask.bool()
+    # The LM head scores only the completion tokens, in the order of `valid` (the prefix predicts nothing)
+    scored = (rows[:, None] * input_ids.size(1) + completion_positions)[valid]  # (M,) flat packed positions
+    with scored_positions(model, scored, input_ids.size(1)) as hook:
+        outputs = model(
+            input_ids=input_ids,
+            attention_mask=no_mask,
+            position_ids=position_ids,
+            shift_labels=batch["shift_labels"].reshape(-1)[scored][None],  # (1, M)
+            fused_lm_head=True,
+            use_cache=False,
+            shared_prompt_layout=layout,
+        )
     if layout.calls == 0:
         raise RuntimeError(
             f"{type(_unwrap(model)).__name__} never called the shared-prompt attention: its layers do not go through "
             "transformers' attention interface, so the packed rows would attend across completions."
         )
-    completion_positions, completion_mask = batch["completion_positions"], batch["completion_mask"]
-    rows = torch.arange(num_completions * batch_size, device=completion_mask.device) % batch_size  # (K * B,)
-    valid = completion_mask.bool()
+    hook.check(outputs.log_probs)
 
-    def unpack(packed: torch.Tensor | None) -> torch.Tensor | None:
-        if packed is None:
+    def unpack(scored_values: torch.Tensor | None) -> torch.Tensor | None:
+        if scored_values is None:
             return None
-        per_token = packed[rows[:, None], completion_positions]  # (K * B, T)
-        return per_token.masked_fill(~valid, 0)
+        return scored_values.new_zeros(valid.shape).masked_scatter(valid, scored_values[0])  # (K * B, T)
 
     per_token_logps = unpack(outputs.log_probs)
     logps = per_token_logps.sum(dim=1).view(num_completions, batch_size).T  # (B, K)
@@ -196,6 +211,52 @@ def _shared_prompt_forward(model, batch: dict[str, torch.Tensor]) -> ListwiseFor
         aux_loss=None,
         num_tokens=batch["unshared_lengths"].sum(),
     )
+
+
+class _ScoredPositions:
+    """What [`scored_positions`] saw: the backbone calls it reshaped and the number of rows it kept."""
+
+    def __init__(self, num_rows: int):
+        self.num_rows, self.calls = num_rows, 0
+
+    def check(self, log_probs: torch.Tensor) -> None:
+        """Fail loudly when the fused head did not score exactly the kept rows (TRL changed how it reads them)."""
+        if self.calls != 1 or tuple(log_probs.shape) != (1, self.num_rows):
+            raise RuntimeError(
+                "TRL's fused LM head no longer scores the backbone's `last_hidden_state` row for row "
+                f"(backbone calls seen: {self.calls}, log-probs {tuple(log_probs.shape)}, expected (1, "
+                f"{self.num_rows})): trl_rankalign.forward.scored_positions needs updating for this TRL version."
+            )
+
+
+@contextmanager
+def scored_positions(model, flat_positions: torch.Tensor, length: int):
+    """
+    For one forward of `model` on `(B, length)` inputs, keep only the hidden states at `flat_positions` `(M,)` of the
+    flattened `(B * length)` positions: the backbone's `last_hidden_state` `(B, length, H)` becomes `(1, M, H)`, so
+    TRL's fused LM head (which scores every position of `last_hidden_state` against `shift_labels` on CPU, and masks
+    them on GPU) projects and scores just those rows; pass `shift_labels` `(1, M)` to match. Positions count from the
+    first real token: virtual tokens that prompt-learning PEFT prepends to the hidden states are skipped.
+
+    This is the one place that relies on how `trl.trainer.utils.add_fused_lm_head` reads the backbone (through a
+    public PyTorch forward hook on the model's `base_model`, removed on exit). The yielded object's `check(log_probs)`
+    raises when TRL reads it differently; the shared-prompt exactness tests run through it.
+    """
+    backbone = _unwrap(model)
+    backbone = (backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone).base_model
+    seen = _ScoredPositions(int(flat_positions.numel()))
+
+    def keep_scored_rows(module, args, output):
+        seen.calls += 1
+        hidden = output.last_hidden_state[:, -length:]  # (B, length, H)
+        output.last_hidden_state = hidden.reshape(-1, hidden.size(-1)).index_select(0, flat_positions)[None]
+        return output
+
+    handle = backbone.register_forward_hook(keep_scored_rows)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 class ReferenceForward(torch.nn.Module):

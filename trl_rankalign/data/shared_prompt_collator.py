@@ -47,11 +47,13 @@ def pack_shared_prompt(
         - `padding_mask` `(B, L)` long: 1 on real tokens of the packed row.
         - `unshared_lengths` `(B,)` long: tokens of the K unshared rows `[prompt + completion_k]` (after truncation),
           what TRL's `num_tokens` counts.
-        - `completion_positions` `(K * B, T)` long: completion-major like the unshared batch (row `k * B + b` is prompt
-          `b`'s rank-`k` completion): the packed position in row `b` whose log-prob is that completion's `j`-th token;
-          0 where `completion_mask` is 0.
-        - `completion_mask` `(K * B, T)` long: 1 on the completion's tokens, left-aligned (its row sum is the
+        - `completion_positions` `(B, K, T)` long: `[b, k, j]` is the packed position in row `b` whose log-prob is the
+          `j`-th token of prompt `b`'s rank-`k` completion; 0 where `completion_mask` is 0.
+        - `completion_mask` `(B, K, T)` long: 1 on the completion's tokens, left-aligned (`[b, k].sum()` is the
           completion's length as the unshared `shift_completion_mask` counts it).
+
+    Every tensor leads with the prompt dimension `B`, so a batch sliced along its first dimension stays whole
+    (accelerate slices every tensor of a batch by the first one's size when it dispatches an `IterableDataset`).
         - `list_mask` `(B, K)` bool, `scores` `(B, K)` float32 and, when the examples carry them, `ref_logps` `(B, K)`
           float32.
 
@@ -60,12 +62,12 @@ def pack_shared_prompt(
     >>> batch = pack_shared_prompt(
     ...     [{"prompt_ids": [1, 2], "completion_ids": [[3], [4, 5]], "scores": [0.0, 1.0]}], pad_token_id=0
     ... )
-    >>> batch["input_ids"]  # prefix [1] | rank 1 = [2, 4] scores 4, 5 | rank 2 = [2] scores 3
-    tensor([[1, 2, 4, 2]])
-    >>> batch["segment_ids"], batch["position_ids"], batch["shift_labels"]
-    (tensor([[0, 1, 1, 2]]), tensor([[0, 1, 2, 1]]), tensor([[-100, 4, 5, 3]]))
-    >>> batch["completion_positions"], batch["completion_mask"]
-    (tensor([[1, 2], [3, 0]]), tensor([[1, 1], [1, 0]]))
+    >>> batch["input_ids"].tolist()  # prefix [1] | rank 1 = [2, 4] scores 4, 5 | rank 2 = [2] scores 3
+    [[1, 2, 4, 2]]
+    >>> [batch[name].tolist() for name in ("segment_ids", "position_ids", "shift_labels")]
+    [[[0, 1, 1, 2]], [[0, 1, 2, 1]], [[-100, 4, 5, 3]]]
+    >>> batch["completion_positions"].tolist(), batch["completion_mask"].tolist()
+    ([[[1, 2], [3, 0]]], [[[1, 1], [1, 0]]])
     ```
     """
     if truncation_mode != "keep_start" and max_length is not None:
@@ -128,13 +130,13 @@ def pack_shared_prompt(
         shift_labels[b, :n] = torch.tensor(labels, dtype=torch.long)
         padding_mask[b, :n] = 1
 
-    flat_spans = [span for rank_spans in spans for span in rank_spans]  # completion-major
+    flat_spans = [spans[k][b] for b in range(num_prompts) for k in range(k_max)]  # prompt-major
     longest = max(max(n for _, n in flat_spans), 1)
     offsets = torch.arange(longest)
     starts = torch.tensor([start for start, _ in flat_spans], dtype=torch.long)
     counts = torch.tensor([n for _, n in flat_spans], dtype=torch.long)
-    completion_mask = (offsets < counts[:, None]).long()  # (K * B, T)
-    completion_positions = (starts[:, None] + offsets) * completion_mask  # (K * B, T)
+    completion_mask = (offsets < counts[:, None]).long().view(num_prompts, k_max, longest)  # (B, K, T)
+    completion_positions = (starts[:, None] + offsets).view(num_prompts, k_max, longest) * completion_mask
 
     output = {
         "input_ids": input_ids,
