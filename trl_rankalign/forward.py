@@ -39,6 +39,7 @@ row's mask measures them. The batch stays compact: nothing of size `(P + sum_k L
 """
 
 from contextlib import contextmanager
+from functools import partial
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -137,11 +138,7 @@ def listwise_forward(model, batch: dict[str, torch.Tensor], output_router_logits
             **extra,
         )
     hook.check(outputs.log_probs)
-
-    def unpack(scored_values: torch.Tensor | None) -> torch.Tensor | None:
-        if scored_values is None:
-            return None
-        return scored_values.new_zeros(valid.shape).masked_scatter(valid, scored_values[0])  # (K * B, L - 1)
+    unpack = partial(_unpack_scored, valid=valid)  # (1, M) -> (K * B, L - 1)
 
     per_token_logps = unpack(outputs.log_probs)  # (K * B, L - 1)
     logps = per_token_logps.sum(dim=1).view(num_completions, batch_size).T  # (B, K)
@@ -193,11 +190,7 @@ def _shared_prompt_forward(model, batch: dict[str, torch.Tensor]) -> ListwiseFor
             "transformers' attention interface, so the packed rows would attend across completions."
         )
     hook.check(outputs.log_probs)
-
-    def unpack(scored_values: torch.Tensor | None) -> torch.Tensor | None:
-        if scored_values is None:
-            return None
-        return scored_values.new_zeros(valid.shape).masked_scatter(valid, scored_values[0])  # (K * B, T)
+    unpack = partial(_unpack_scored, valid=valid)  # (1, M) -> (K * B, T)
 
     per_token_logps = unpack(outputs.log_probs)
     logps = per_token_logps.sum(dim=1).view(num_completions, batch_size).T  # (B, K)
@@ -211,6 +204,13 @@ def _shared_prompt_forward(model, batch: dict[str, torch.Tensor]) -> ListwiseFor
         aux_loss=None,
         num_tokens=batch["unshared_lengths"].sum(),
     )
+
+
+def _unpack_scored(scored_values: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor | None:
+    """The `(1, M)` values of the scored positions back in place: `valid.shape`, 0 where `valid` is False."""
+    if scored_values is None:
+        return None
+    return scored_values.new_zeros(valid.shape).masked_scatter(valid, scored_values[0])
 
 
 class _ScoredPositions:
