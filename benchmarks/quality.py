@@ -526,21 +526,21 @@ def _preferred_ft(ctx: Context, _knob: None, seed: int):
     return SFTTrainer(model=ctx.sft_path, args=args, train_dataset=dataset)
 
 
-class _RAFTRun:
-    """`train_raft` is a function, not a trainer: this gives it the `.train()` / `.model` the loop uses."""
+class _FunctionRun:
+    """`train_raft` and `train_iterative` are functions, not trainers: this gives one the `.train()` / `.model` the
+    loop uses (`train_function(model, prompts, args, reward=...)` returns the trained model)."""
 
-    def __init__(self, ctx: Context, args, prompts: list[str]):
+    def __init__(self, ctx: Context, args, prompts: list[str], train_function: Callable):
         self.ctx, self.args, self.prompts, self.model = ctx, args, prompts, None
+        self.train_function = train_function
 
     def train(self):
-        from trl_rankalign.raft import train_raft
-
         reward = reward_for(self.ctx.settings, self.ctx.k)
-        self.model = train_raft(self.ctx.sft_path, self.prompts, self.args, reward=reward)
+        self.model = self.train_function(self.ctx.sft_path, self.prompts, self.args, reward=reward)
 
 
 def _raft(ctx: Context, _knob: None, seed: int):
-    from trl_rankalign.raft import RAFTConfig
+    from trl_rankalign.raft import RAFTConfig, train_raft
 
     s = ctx.settings
     prompts = prompt_split()[0] * s.list_repeats  # the prompts of the shared lists
@@ -556,7 +556,7 @@ def _raft(ctx: Context, _knob: None, seed: int):
         sampling_seed=5000 + 100 * seed + ctx.k,
         **_common(ctx, seed, s.lists_per_step * ctx.k) | {"output_dir": output_dir},
     )
-    return _RAFTRun(ctx, args, prompts)
+    return _FunctionRun(ctx, args, prompts, train_raft)
 
 
 def _rloo(ctx: Context, beta: float, seed: int):
@@ -584,17 +584,13 @@ def _rloo(ctx: Context, beta: float, seed: int):
     )
 
 
-class _IterateRun:
-    """`train_iterative` is a function, not a trainer: `.train()` / `.model`, and its round policies for the trace."""
+class _IterateRun(_FunctionRun):
+    """[`_FunctionRun`] of `train_iterative`, with its round policies for the trace and its per-round metrics."""
 
     def __init__(self, ctx: Context, args, prompts: list[str]):
-        self.ctx, self.args, self.prompts, self.model = ctx, args, prompts, None
-
-    def train(self):
         from trl_rankalign.iterative import train_iterative
 
-        reward = reward_for(self.ctx.settings, self.ctx.k)
-        self.model = train_iterative(self.ctx.sft_path, self.prompts, self.args, reward=reward)
+        super().__init__(ctx, args, prompts, train_iterative)
 
     def round_policies(self) -> list[tuple[int, Path]]:
         """(optimizer steps so far, saved policy) at the end of every round but the last (the final `.model`)."""

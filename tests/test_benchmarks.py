@@ -81,6 +81,34 @@ def test_seed_means_and_best_within_budget():
     assert common.best_within_budget(list(points.values()), 0.5) is None
 
 
+def test_speed_summary_pairs_runs_made_back_to_back():
+    """Ratios are DPO's step time over the trainer's: of the medians, and per run index (median and range)."""
+    speed = _load("speed")
+    steps = {"dpo": [1.0, 2.0, 1.2], "rankdpo": [1.0, 1.0, 1.0], "rankdpo_shared": [0.5, 0.4, 0.6]}
+    runs = [
+        {
+            "trainer": trainer,
+            "shape": "tldr",
+            "k": 4,
+            "run": run,
+            "step_time_s": step,
+            "completions_per_s": 4 / step,
+            "tokens_per_s": 100 / step,
+            "peak_rss_mib": 10.0,
+            "peak_rss_per_completion_mib": 2.0,
+        }
+        for trainer, times in steps.items()
+        for run, step in enumerate(times)
+    ]
+    (entry,) = speed.summarize(runs)
+    shared = entry["ratio"]["rankdpo_shared"]
+    assert shared["completions_per_s"] == pytest.approx(1.2 / 0.5)  # medians: DPO 1.2 s, shared 0.5 s
+    paired = [d / r for d, r in zip(steps["dpo"], steps["rankdpo_shared"])]  # 2.0, 5.0, 2.0
+    assert shared["paired_speed_median"] == pytest.approx(sorted(paired)[1])
+    assert shared["paired_speed_range"] == pytest.approx([min(paired), max(paired)])
+    assert "2.40× (2.00×, 2.00–5.00)" in speed.table([entry], lists_per_step=1)
+
+
 def test_speed_pairs_hold_every_completion_once():
     speed = _load("speed")
     rows = speed.make_rows(2, 4, prompt_len=3, completion_len=2)

@@ -16,6 +16,7 @@ and asked again on the next run (never cached as final); the results count error
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from ..sampling.fingerprint import short_hash
@@ -68,6 +69,33 @@ def _cached(cache_file, key_field: str = "key") -> dict:
     return {row[key_field]: row for row in repair_jsonl(cache_file) if row.get("error") is None}
 
 
+def _judgment(
+    cache: dict,
+    cache_file,
+    client: JudgeClient,
+    system_prompt: str,
+    row: dict,
+    turn: int,
+    content: str,
+    field: str,
+    parse,
+) -> dict:
+    """The cached judgment of `content` for (question, turn), else a new one: the judge's reply, `parse(reply)` under
+    `field`, or the parse error under `"error"` (appended to `cache_file`, asked again next run)."""
+    key = short_hash([client.model, system_prompt, row["question_id"], turn, content])
+    record = cache.get(key)
+    if record is None:
+        reply = client.chat([{"role": "system", "content": system_prompt}, {"role": "user", "content": content}])
+        record = {"key": key, "question_id": row["question_id"], "turn": turn, "reply": reply}
+        try:
+            record[field] = parse(reply)
+        except VerdictParseError as error:
+            record["error"] = str(error)[:200]
+        if cache_file is not None:
+            append_jsonl(cache_file, [record])
+    return record
+
+
 def judge_single(
     rows: Sequence[dict],
     client: JudgeClient,
@@ -81,19 +109,17 @@ def judge_single(
     for row in rows:
         for turn in range(len(row["answers"])):
             transcript = _transcript(row["turns"], row["answers"], turn)
-            key = short_hash([client.model, system_prompt, row["question_id"], turn, transcript])
-            record = cache.get(key)
-            if record is None:
-                reply = client.chat(
-                    [{"role": "system", "content": system_prompt}, {"role": "user", "content": transcript}]
-                )
-                record = {"key": key, "question_id": row["question_id"], "turn": turn, "reply": reply}
-                try:
-                    record["rating"] = parse_rating(reply, low=1, high=10)
-                except VerdictParseError as error:
-                    record["error"] = str(error)[:200]
-                if cache_file is not None:
-                    append_jsonl(cache_file, [record])
+            record = _judgment(
+                cache,
+                cache_file,
+                client,
+                system_prompt,
+                row,
+                turn,
+                transcript,
+                "rating",
+                partial(parse_rating, low=1, high=10),
+            )
             if record.get("error") is not None:
                 errors += 1
                 continue
@@ -129,19 +155,9 @@ def judge_pairwise(
             verdicts = []
             for first, second in ((a, b), (swapped_a, swapped_b)):
                 content = f"{first}\n\n{second}"
-                key = short_hash([client.model, system_prompt, row["question_id"], turn, content])
-                record = cache.get(key)
-                if record is None:
-                    reply = client.chat(
-                        [{"role": "system", "content": system_prompt}, {"role": "user", "content": content}]
-                    )
-                    record = {"key": key, "question_id": row["question_id"], "turn": turn, "reply": reply}
-                    try:
-                        record["verdict"] = parse_pairwise_verdict(reply)
-                    except VerdictParseError as error:
-                        record["error"] = str(error)[:200]
-                    if cache_file is not None:
-                        append_jsonl(cache_file, [record])
+                record = _judgment(
+                    cache, cache_file, client, system_prompt, row, turn, content, "verdict", parse_pairwise_verdict
+                )
                 verdicts.append(record.get("verdict"))
             _, score = combine_orders(*verdicts)
             if score is None:
