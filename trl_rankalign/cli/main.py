@@ -153,8 +153,11 @@ def parse_stage_args(stage: str, args: list[str]) -> tuple:
     """Parse a stage's arguments strictly: `(script_args, training_args, model_args, dataset_args)`.
 
     `--accelerate_config` (command line or recipe key) is accepted and ignored here; any other unknown key or
-    argument raises `ValueError`, so a stale recipe key fails before any model is loaded.
+    argument raises `ValueError`, so a stale recipe key fails before any model is loaded. A `--dataset_name` typed on
+    the command line replaces the recipe's `datasets:` mixture (`stage_data.prefer_command_line_dataset`).
     """
+    from .stage_data import prefer_command_line_dataset
+
     parser = make_parser(stage)
     *parsed, config_remaining, cli_remaining = parser.parse_args_and_config(
         _resolve_config_arg(list(args)), return_remaining_strings=True, separate_remaining_strings=True
@@ -166,6 +169,8 @@ def parse_stage_args(stage: str, args: list[str]) -> tuple:
     if cli_remaining:
         raise ValueError(f"Unknown arguments of `{stage}`: {cli_remaining}")
     _resolve_recipe_assets(tuple(parsed))
+    script_args, _, _, dataset_args = parsed
+    prefer_command_line_dataset(script_args, dataset_args, list(args))  # `args` holds what was typed; the recipe not
     return tuple(parsed)
 
 

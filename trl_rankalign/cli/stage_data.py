@@ -36,6 +36,23 @@ def resolve_model_path(name_or_path: str | None) -> str | None:
     return name_or_path
 
 
+def prefer_command_line_dataset(script_args, dataset_args, argv: list[str]) -> None:
+    """What a user types wins over the recipe: a `--dataset_name` on the command line replaces the recipe's
+    `datasets:` mixture, and with it the recipe's `dataset_converter`/`converter_kwargs` (they convert that mixture's
+    source) unless those are typed too. Logged at WARNING, naming what was replaced."""
+    typed = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    if "--dataset_name" not in typed or not dataset_args.datasets:
+        return
+    replaced = ", ".join(entry.path for entry in dataset_args.datasets)
+    dataset_args.datasets = []
+    if script_args.dataset_converter is not None and "--dataset_converter" not in typed:
+        replaced += f" with dataset_converter={script_args.dataset_converter!r}"
+        script_args.dataset_converter = None
+        if "--converter_kwargs" not in typed:
+            script_args.converter_kwargs = None
+    logger.warning("dataset_name=%r replaces the recipe's `datasets:` mixture (%s).", script_args.dataset_name, replaced)
+
+
 def _tiny_dataset(name: str):
     from datasets import DatasetDict
 
@@ -60,13 +77,10 @@ def load_stage_dataset(script_args: RankAlignScriptArguments, dataset_args):
     from .. import tiny
 
     if dataset_args.datasets and script_args.dataset_name:
-        # No shipped recipe sets both: `dataset_name` then comes from the command line, and what a user types wins.
-        logger.warning(
-            "dataset_name=%r replaces the recipe's `datasets:` mixture (%s).",
-            script_args.dataset_name,
-            ", ".join(entry.path for entry in dataset_args.datasets),
+        raise ValueError(
+            "Both `datasets` (a mixture) and `dataset_name` are set: keep one. (A `--dataset_name` typed on the "
+            "command line replaces the recipe's mixture by itself.)"
         )
-        dataset_args.datasets = []
     if dataset_args.datasets:
         for entry in dataset_args.datasets:  # the tiny names become TRL's json loader on the shipped file
             if entry.path in TINY_DATASETS:

@@ -95,10 +95,12 @@ def load_prompts(
         if not isinstance(row, dict):
             raise ValueError(f"Prompt set row {index} is a {type(row).__name__}, not an object.")
         if prompt_column not in row:
-            raise ValueError(
-                f"Prompt set row {index} has no {prompt_column!r} column (columns: {sorted(row)}); "
-                "pass the right `prompt_column`."
+            hint = (
+                "it is an MT-Bench question file (`turns`): pass `--multi_turn`"
+                if "turns" in row and "question_id" in row
+                else "pass the right `prompt_column`"
             )
+            raise ValueError(f"Prompt set row {index} has no {prompt_column!r} column (columns: {sorted(row)}); {hint}.")
         new = {k: v for k, v in row.items() if k not in (prompt_column, reference_column)}
         new["prompt"] = _check_prompt(row[prompt_column], index, prompt_column)
         if reference_column is not None and row.get(reference_column) is not None:
