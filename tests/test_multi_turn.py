@@ -121,3 +121,77 @@ def test_mt_bench_judging_per_turn_cached_and_errors_retried(judge_server, tmp_p
     asked = len(judge_server.requests)
     judge_pairwise(ours, theirs, client, tmp_path / "pairwise.jsonl")
     assert len(judge_server.requests) == asked  # cached, both orders
+
+
+# ------------------------------------------------------------------------------------------- the cache key (issue 24)
+@pytest.fixture
+def completions_server():
+    from stub_completions import StubCompletions
+
+    server = StubCompletions()
+    yield server
+    server.close()
+
+
+def _served(server, **transport):
+    return dict(backend="server", base_url=server.base_url, served_model="m", model_identity="m", max_new_tokens=8,
+                prompt_format="text", seed=0, **transport)  # fmt: skip
+
+
+def test_the_cache_keys_the_question_text_not_the_transport(policy, tmp_path, completions_server):
+    _, tokenizer = policy
+    questions = load_questions(QUESTIONS)
+    output = tmp_path / "answers.jsonl"
+    first = generate_multi_turn_answers(None, tokenizer, questions, output, **_served(completions_server))
+    assert len(completions_server.requests) == 4
+    completions_server.requests.clear()  # other transport settings: the same answers, nothing paid again
+    transport = dict(concurrency=1, timeout=5.0, max_retries=0, requests_per_second=1000.0)
+    again = generate_multi_turn_answers(None, tokenizer, questions, output, **_served(completions_server, **transport))
+    assert again == first and completions_server.requests == []
+
+    edited = [dict(q) for q in questions]  # the same question_id, a new second turn: only that turn is asked
+    edited[0]["turns"] = [questions[0]["turns"][0], "Now as a limerick."]
+    rows = generate_multi_turn_answers(None, tokenizer, edited, output, **_served(completions_server))
+    assert len(completions_server.requests) == 1 and "limerick" in completions_server.requests[0]["prompt"]
+    assert rows[1] == first[1] and rows[0]["answers"][0] == first[0]["answers"][0]
+    completions_server.requests.clear()  # a new first turn: both turns of that question are redone
+    edited[1]["turns"] = ["What is 5 + 5?", questions[1]["turns"][1]]
+    generate_multi_turn_answers(None, tokenizer, edited, output, **_served(completions_server))
+    assert len(completions_server.requests) == 2
+
+
+def test_a_negative_limit_is_refused_not_a_dropped_last_question():
+    with pytest.raises(ValueError, match="limit must be a positive number.*-1"):
+        load_questions(QUESTIONS, limit=-1)
+    assert len(load_questions(QUESTIONS, limit=1)) == 1
+
+
+def _eval_cli(*argv) -> int:
+    import argparse
+
+    from trl_rankalign.cli.eval import add_eval_parser
+
+    parser = argparse.ArgumentParser(prog="trl-rankalign")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+@pytest.mark.parametrize("names", [[], ["one"]])
+def test_multi_turn_generate_refuses_names_that_collide_like_single_turn(
+    tiny_path, tmp_path, completions_server, capsys, names
+):
+    import shutil
+
+    models = [tmp_path / "a" / "tiny", tmp_path / "b" / "tiny"]  # two checkpoints, one folder name
+    for model in models:
+        shutil.copytree(tiny_path, model)
+    argv = ["eval", "generate", "--multi_turn", "--prompts", QUESTIONS, "--output_dir", tmp_path / "answers",
+            "--generation_backend", "server", "--generation_base_url", completions_server.base_url,
+            "--generation_model", "m", "--max_new_tokens", 4]  # fmt: skip
+    for model in models:
+        argv += ["--model", model]
+    for name in names:
+        argv += ["--name", name]
+    assert _eval_cli(*argv) == 1 and "name" in capsys.readouterr().err
+    assert completions_server.requests == []  # refused before anything is asked

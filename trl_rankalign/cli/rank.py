@@ -12,7 +12,8 @@ trl-rankalign rank --input prompts.jsonl --policy sft/ --num_samples 64 --output
 `--input` has a `prompt` column and, without `--policy`, a `completions` column (K given candidates per prompt).
 `--num_samples` is K per prompt in total, split between the policies (5 over 2 policies: 3 + 2). Errors in the inputs
 and an unreachable judge print one `error:` line and return 1; the finished prompts stay in
-`<output_dir>/verdicts.jsonl` and a rerun continues from them.
+`<output_dir>/verdicts.jsonl` and a rerun continues from them. Prompts the judge refuses (HTTP 400, 413, 422) do not
+stop the run: the others are judged and written, then an `error:` line names the refused ones and the exit code is 1.
 """
 
 import argparse
@@ -114,8 +115,20 @@ def _rank(args) -> None:
         limit=args.limit,
         generation_kwargs=generation,
     )
-    print((Path(args.output_dir) / "summary.json").read_text(encoding="utf-8").rstrip())
+    summary_file = Path(args.output_dir) / "summary.json"
+    print(summary_file.read_text(encoding="utf-8").rstrip())
     print(f"{len(dataset)} ranked rows -> {Path(args.output_dir) / 'ranked'} (save_to_disk) and ranked.jsonl")
+    refused = json.loads(summary_file.read_text(encoding="utf-8")).get("refused_prompts")
+    if refused:  # written without them, but not a clean run: say so and exit 1
+        raise _Refused(
+            f"the judge refused prompts {refused[:20]}{' ...' if len(refused) > 20 else ''} ({len(refused)} in all; "
+            f"their candidates are unscored in {Path(args.output_dir) / 'ranked'}): rerun to ask again for those only, "
+            "or remove them from --input."
+        )
+
+
+class _Refused(Exception):
+    """A run that finished but with prompts the judge refused (exit 1 after the summary)."""
 
 
 def run_rank(args: argparse.Namespace) -> int:
@@ -125,7 +138,7 @@ def run_rank(args: argparse.Namespace) -> int:
 
     try:
         _rank(args)
-    except (FileNotFoundError, ValueError, JudgeError, EndpointError, KeyboardInterrupt) as error:
+    except (FileNotFoundError, ValueError, JudgeError, EndpointError, _Refused, KeyboardInterrupt) as error:
         kind = "interrupted" if isinstance(error, KeyboardInterrupt) else "error"
         print(f"{kind}: {error}", file=sys.stderr)
         return 1

@@ -8,7 +8,8 @@ parsed are reported as `errors` and left out of `n`: garbage is never a win.
 LLM judge rule (position bias): each pair is judged twice, the model as assistant A then as assistant B. Each order
 gives 1 / 0.5 / 0 to the model and the outcome is their mean: a win needs a win in one order and a win or a tie in
 the other; a loss likewise; a win in one order and a loss in the other (the judge followed the position), or two
-ties, is a tie. An error in either order makes the prompt an error.
+ties, is a tie. An error in either order (an unparseable reply, one cut at its token limit, or a request the endpoint
+refused, e.g. HTTP 400 for one prompt too long) makes the prompt an error; the others go on.
 
 The judgments cache (JSONL, one record per prompt, appended as judgments arrive) records the judge setup (model,
 request settings, system prompt, template, parser) and, per prompt, a key of that setup and the question and both
@@ -17,6 +18,7 @@ parsed (a garbled reply is never final). A cache made with another judge setup i
 names the changed setting (pass another cache file to keep both).
 """
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..sampling.answers import answer_text, load_answers, prompt_text
 from ..sampling.fingerprint import diff_settings, short_hash
+from ..sampling.http import EndpointError, is_refusal
 from ..sampling.jsonl import append_jsonl, repair_jsonl
 from ..sampling.llm_judge import (
     DEFAULT_JUDGE_SYSTEM_PROMPT,
@@ -50,6 +53,8 @@ __all__ = [
     "llm_judge_win_rate",
     "reward_win_rate",
 ]
+
+logger = logging.getLogger(__name__)
 
 _OUTCOME = {1.0: "win", 0.5: "tie", 0.0: "loss"}
 JUDGMENT_PARSER = "pairwise-verdict-v1"  # bump when parse_pairwise_verdict changes what it accepts
@@ -218,10 +223,17 @@ def combine_orders(first: str | None, second: str | None) -> tuple[str, float | 
 
 
 def judge_pair(client: JudgeClient, system_prompt: str | None, template: str, question, a, b) -> tuple:
-    """One pairwise verdict (`"A"`, `"B"`, `"tie"`, or None when the reply cannot be parsed) and the raw reply."""
+    """One pairwise verdict (`"A"`, `"B"`, `"tie"`, or None when the reply cannot be parsed or the endpoint refused
+    this one request, e.g. HTTP 400 for a prompt too long) and the raw reply (`None` when refused)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": template.format(question=question, answer_a=a, answer_b=b)})
-    reply = client.chat(messages)  # transport failures propagate: the endpoint is down, not the verdict garbled
+    try:
+        reply = client.chat(messages)
+    except EndpointError as error:
+        if not is_refusal(error):
+            raise  # the endpoint is down or refuses everyone: stop (what is finished is cached)
+        logger.warning("The judge refused one request (an error for that prompt, asked again next run): %s", error)
+        return None, None
     try:
         return parse_pairwise_verdict(reply), reply
     except VerdictParseError:
@@ -292,11 +304,17 @@ def llm_judge_win_rate(
         question, answer, base_answer, key = inputs(row, base)
         verdicts, replies = list(previous["verdicts"]), list(previous["replies"])
         orders = [(answer, base_answer), (base_answer, answer)]  # the model as A, then as B
-        for order, (a, b) in enumerate(orders):
-            if verdicts[order] is None:  # not yet judged, or the reply could not be parsed: ask (again)
-                verdicts[order], replies[order] = judge_pair(client, system_prompt, template, question, a, b)
         record = {"index": row["index"], "key": key, "setup": setup, "verdicts": verdicts, "replies": replies}
-        if cache_file is not None:
+        try:
+            for order, (a, b) in enumerate(orders):
+                if verdicts[order] is None:  # not yet judged, or the reply could not be parsed: ask (again)
+                    verdicts[order], replies[order] = judge_pair(client, system_prompt, template, question, a, b)
+        except BaseException:
+            if cache_file is not None and replies != list(previous["replies"]):  # one order was paid for: keep it
+                with lock:
+                    append_jsonl(cache_file, [record])
+            raise
+        if cache_file is not None:  # saved by this worker at once, whatever the other prompts do
             with lock:
                 append_jsonl(cache_file, [record])
         return record

@@ -16,12 +16,13 @@ from typing import Any
 
 from .fingerprint import model_fingerprint
 from .generation import sample_and_score
-from .jsonl import read_jsonl
+from .jsonl import output_folder, read_jsonl
 from .prompts import answer_text, load_prompts, prompt_text  # noqa: F401  (re-exported)
 
 
 __all__ = [
     "answer_text",
+    "check_checkpoint",
     "generate_answers",
     "generate_answers_for_models",
     "load_answers",
@@ -69,13 +70,17 @@ def _looks_local(checkpoint: str) -> bool:
     )
 
 
-def _check_checkpoint(checkpoint: Any) -> None:
+def check_checkpoint(checkpoint: Any, what: str = "Checkpoint") -> None:
+    """Fail fast, naming the path and what is wrong, for a local checkpoint that does not exist, is a file, or has no
+    `config.json` (transformers would report a missing folder as a malformed hub id)."""
     if isinstance(checkpoint, str | os.PathLike):
         path = os.path.expanduser(str(checkpoint))
         if not os.path.exists(path) and _looks_local(str(checkpoint)):
-            raise FileNotFoundError(f"Checkpoint {str(checkpoint)!r} does not exist (no such folder).")
+            raise FileNotFoundError(f"{what} {str(checkpoint)!r} does not exist (no such folder).")
+        if os.path.isfile(path):
+            raise FileNotFoundError(f"{what} {str(checkpoint)!r} is a file, not a saved model folder.")
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"Checkpoint {path!r} has no config.json: not a saved model folder.")
+            raise FileNotFoundError(f"{what} {path!r} has no config.json: not a saved model folder.")
 
 
 def _load_model(checkpoint: str, device: str | None, load_weights: bool = True):
@@ -154,7 +159,7 @@ def generate_answers(
     _check_cache_matches(output_file, prompts)
     identity = None
     if isinstance(model, str | os.PathLike):
-        _check_checkpoint(model)
+        check_checkpoint(model)
         if backend != "server":
             identity = model_fingerprint(os.path.expanduser(str(model)))  # of its files, before loading them
         model, tokenizer = _load_model(str(model), device, load_weights=backend != "server")
@@ -202,8 +207,8 @@ def generate_answers_for_models(
     for name in models:
         safe_answers_name(name)
     for checkpoint in models.values():
-        _check_checkpoint(checkpoint)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+        check_checkpoint(checkpoint)
+    output_folder(output_dir)
     files = {}
     for name, checkpoint in models.items():
         files[name] = str(Path(output_dir) / f"{name}.jsonl")

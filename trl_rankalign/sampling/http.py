@@ -1,18 +1,22 @@
 """A minimal JSON client for OpenAI-compatible endpoints, shared by the LLM judge and the generation server backend.
 
-[`Endpoint.post`] sends `POST {base_url}{path}` with a timeout per request, retries transient failures (timeouts,
-connection errors, HTTP 408/409/429/5xx, honouring `Retry-After`) with exponential backoff, and spaces requests with a
-[`RateLimiter`] shared by every thread. Secrets stay secret:
+[`Endpoint.post`] sends `POST {base_url}{path}` with a deadline per request (the whole reply, not each socket read: a
+body trickled a byte at a time fails when the deadline passes), retries transient failures (timeouts, connection
+errors, a connection cut mid-body or a garbled status line, a body that is not JSON, HTTP 408/409/429/5xx, honouring
+`Retry-After`) with exponential backoff, and spaces requests with a [`RateLimiter`] shared by every thread. Secrets
+stay secret:
 
 - the API key is read from an environment variable named by the caller and sent as `Authorization: Bearer ...` to the
   configured host only: redirects are not followed (a redirected POST would otherwise be replayed, key included, to
   whatever host the `Location` names), they fail with a message naming the target;
 - a base URL with credentials in it (`https://user:key@host/v1`) is refused, and every error message shows the URL
-  without userinfo or query string, and with the key's value and any `Bearer` token masked.
+  without userinfo or query string, and with the key's value and any `Bearer` token masked. Error bodies are masked
+  *before* they are cut to length, so a key straddling the cut cannot leak its first characters.
 
 Only the standard library is used (`urllib.request`).
 """
 
+import http.client
 import json
 import os
 import re
@@ -25,14 +29,28 @@ import urllib.request
 from collections.abc import Callable
 
 
-__all__ = ["Endpoint", "EndpointError", "RateLimiter", "redact_url"]
+__all__ = ["Endpoint", "EndpointError", "RateLimiter", "is_refusal", "redact_url"]
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# Refusals of one request (a prompt too long, filtered, malformed), as opposed to the whole endpoint failing (401, 403,
+# 404: every other request would fail too). Callers judging many prompts record these and go on.
+REFUSAL_STATUS = {400, 413, 422}
+ERROR_BODY_CHARS = 300  # of an error body shown in a message (after masking)
 _BEARER = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.IGNORECASE)
+_CHUNK = 65536
 
 
 class EndpointError(RuntimeError):
-    """The endpoint could not be reached, kept failing after every retry, refused the request, or redirected it."""
+    """The endpoint could not be reached, kept failing after every retry, refused the request, or redirected it.
+
+    `status` is the HTTP status of a refusal (`None` for transport failures)."""
+
+    status: int | None = None
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Whether `error` is an endpoint's refusal of that one request (HTTP 400, 413, 422), not a failing endpoint."""
+    return getattr(error, "status", None) in REFUSAL_STATUS
 
 
 class RateLimiter:
@@ -146,8 +164,10 @@ class Endpoint:
             text = text.replace(key, "***")
         return _BEARER.sub(r"\1***", text)
 
-    def _error(self, message: str) -> Exception:
-        return self.error_class(self.redact(message))
+    def _error(self, message: str, status: int | None = None) -> Exception:
+        error = self.error_class(self.redact(message))
+        error.status = status
+        return error
 
     # ---------------------------------------------------------------------------------------------- requests
     def _headers(self) -> dict:
@@ -157,10 +177,28 @@ class Endpoint:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _send(self, url: str, body: bytes) -> dict:
-        request = urllib.request.Request(url, data=body, headers=self._headers(), method="POST")
+    def _send(self, url: str, body: bytes | None) -> dict:
+        """One attempt (a POST of `body`, or a GET when it is `None`). The socket timeout bounds each wait for data;
+        the deadline bounds the whole reply, checked as each chunk arrives (`read1` returns what has come, so a trickled
+        body cannot reset the clock)."""
+        deadline = time.monotonic() + self.timeout
+        method = "GET" if body is None else "POST"
+        request = urllib.request.Request(url, data=body, headers=self._headers(), method=method)
         with self._opener.open(request, timeout=self.timeout) as response:
-            return json.loads(response.read().decode("utf-8"))
+            chunks = []
+            while chunk := response.read1(_CHUNK):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the reply was still arriving after {self.timeout} s")
+            return json.loads(b"".join(chunks).decode("utf-8"))
+
+    def _error_body(self, error: urllib.error.HTTPError) -> str:
+        """The start of an error reply's body, masked first and cut after (a key near the cut stays whole, masked)."""
+        try:
+            raw = error.read(_CHUNK)
+        except (OSError, http.client.HTTPException):
+            raw = b""
+        return self.redact(raw.decode("utf-8", "replace"))[:ERROR_BODY_CHARS]
 
     def _wait(self, attempt: int, retry_after: str | None) -> float:
         wait = min(self.backoff * 2**attempt, self.max_backoff)
@@ -171,15 +209,21 @@ class Endpoint:
                 pass  # an HTTP date: keep the exponential wait
         return wait
 
+    def get(self, path: str) -> dict:
+        """GET `base_url + path` and return the decoded JSON reply; retries and errors as [`post`]."""
+        return self._request(path, None)
+
     def post(self, path: str, payload: dict) -> dict:
         """POST `payload` as JSON to `base_url + path` and return the decoded JSON reply.
 
         Raises `error_class` after `max_retries` retries of transient failures (naming the URL, the number of attempts
         and the last error), at once for other HTTP errors (401, 404, ...) and for redirects.
         """
+        return self._request(path, json.dumps(payload).encode("utf-8"))
+
+    def _request(self, path: str, body: bytes | None) -> dict:
         url = self.base_url + path
         shown = self.display_url + path
-        body = json.dumps(payload).encode("utf-8")
         last_error = "no attempt made"
         for attempt in range(self.max_retries + 1):
             self.rate_limiter.acquire()
@@ -194,11 +238,11 @@ class Endpoint:
                         f"{redact_url(urllib.parse.urljoin(url, target)) if target else 'another address'}: redirects "
                         "are not followed (the API key would go along); set the base URL to the final address."
                     ) from None
-                detail = error.read().decode("utf-8", "replace")[:300]
-                last_error = f"HTTP {error.code}: {detail}"
+                last_error = f"HTTP {error.code}: {self._error_body(error)}"
                 if error.code not in RETRYABLE_STATUS:
                     hint = f" (is ${self.api_key_env} set?)" if error.code in (401, 403) and self.api_key_env else ""
-                    raise self._error(f"{self.what} {shown} refused the request: {last_error}{hint}") from None
+                    message = f"{self.what} {shown} refused the request: {last_error}{hint}"
+                    raise self._error(message, status=error.code) from None
                 retry_after = error.headers.get("Retry-After") if error.headers else None
             except TimeoutError as error:
                 last_error = f"timed out after {self.timeout} s ({error})"
@@ -207,7 +251,8 @@ class Endpoint:
                     last_error = f"timed out after {self.timeout} s"
                 else:
                     last_error = f"connection failed: {error.reason}"
-            except (ConnectionError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            except (OSError, http.client.HTTPException, json.JSONDecodeError, UnicodeDecodeError) as error:
+                # a connection reset or cut mid-body (IncompleteRead), a garbled status line (BadStatusLine): transient
                 last_error = f"{type(error).__name__}: {error}"
             if attempt < self.max_retries:
                 self._sleep(self._wait(attempt, retry_after))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
-__all__ = ["append_jsonl", "read_jsonl", "repair_jsonl", "write_jsonl"]
+__all__ = ["append_jsonl", "output_folder", "read_jsonl", "repair_jsonl", "write_jsonl"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +91,16 @@ def repair_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool] | None = 
             )
         write_jsonl(path, kept)
     return kept
+
+
+def output_folder(path: str | os.PathLike, what: str = "output_dir") -> Path:
+    """`path` as a folder, created if needed; a `ValueError` naming it when it (or a folder above it) is a file or
+    cannot be created, instead of a `FileExistsError` traceback from `mkdir`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file, not a folder: pass a folder (new or from an earlier run).")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a parent is a file, no permission, ...
+        raise ValueError(f"Cannot create {what} {str(path)!r}: {error.strerror or error}.") from None
+    return path

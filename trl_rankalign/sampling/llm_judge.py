@@ -7,6 +7,14 @@ second, no redirects followed (the key never travels to another host) and no sec
 nothing about verdicts: the parsers below turn the text into a pairwise verdict ([`parse_pairwise_verdict`]), a 1-5
 rating ([`parse_rating`]) or per-aspect ratings ([`parse_aspect_ratings`]), raising [`VerdictParseError`] on anything
 else, so callers count garbage as an error, never as a result.
+
+Two kinds of reply are garbage however they read:
+
+- a reply cut at its token limit (`finish_reason: "length"`): it may restate the format example (`[[3]]`) before it
+  was cut, so it is asked again (`truncated_retries` times) and, when it is still cut, returned as a
+  [`TruncatedReply`], which every parser here refuses;
+- the key: a reply quoting the request's `Authorization` header or the key itself is returned with it masked, so it
+  never lands verbatim in a judgments cache.
 """
 
 import json
@@ -24,6 +32,7 @@ __all__ = [
     "JudgeError",
     "JudgeRequestError",
     "RateLimiter",
+    "TruncatedReply",
     "VerdictParseError",
     "parse_aspect_ratings",
     "parse_pairwise_verdict",
@@ -59,6 +68,17 @@ class VerdictParseError(JudgeError, ValueError):
     """The judge's text holds no (or an ambiguous) verdict. Counted as an error by callers, never as a result."""
 
 
+class TruncatedReply(str):
+    """A judge's reply cut at its token limit (`finish_reason: "length"`): still the text (to store and show), but
+    every parser raises [`VerdictParseError`] on it, so callers that parse what `chat` returns count it as an error
+    without knowing about truncation."""
+
+
+def _refuse_truncated(text: str) -> None:
+    if isinstance(text, TruncatedReply):
+        raise VerdictParseError(f"Judge reply was cut at its token limit (finish_reason 'length'): {text[-200:]!r}")
+
+
 class JudgeClient:
     """
     Chat with a model behind an OpenAI-compatible endpoint (OpenAI, vLLM, TGI, llama.cpp, LiteLLM, ...).
@@ -76,6 +96,8 @@ class JudgeClient:
         requests_per_second: rate limit shared by every thread using this client (`None`: unlimited).
         temperature, max_tokens: sent with each request (temperature 0 for reproducible judgments).
         extra_body: more request fields (e.g. `{"seed": 0}`).
+        truncated_retries: times a reply cut at `max_tokens` is asked again before it is returned as a
+            [`TruncatedReply`] (which the parsers refuse).
     """
 
     def __init__(
@@ -92,6 +114,7 @@ class JudgeClient:
         max_tokens: int = 1024,
         extra_body: dict | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        truncated_retries: int = 1,
     ):
         if not base_url:
             raise ValueError("The judge needs a base URL, e.g. http://localhost:8000/v1.")
@@ -115,6 +138,9 @@ class JudgeClient:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.extra_body = dict(extra_body or {})
+        if truncated_retries < 0:
+            raise ValueError(f"truncated_retries must be >= 0, got {truncated_retries}.")
+        self.truncated_retries = truncated_retries
         self.rate_limiter = self.endpoint.rate_limiter
 
     def settings(self) -> dict:
@@ -127,33 +153,37 @@ class JudgeClient:
         }
 
     def chat(self, messages: list[dict]) -> str:
-        """Send `messages` (`[{"role", "content"}]`) and return the first choice's text.
+        """Send `messages` (`[{"role", "content"}]`) and return the first choice's text, the API key masked in it.
+
+        A reply cut at its token limit is asked again up to `truncated_retries` times, then returned as a
+        [`TruncatedReply`] (the parsers refuse it: an error, never a rating).
 
         Raises:
             [`JudgeRequestError`]: after `max_retries` retries of transient failures (the message names the URL, the
             number of attempts and the last error), at once for other HTTP errors (401, 404, ...) and redirects, or
-            when the body is not a chat completion.
+            when the body is not a chat completion. `error.status` is the HTTP status of a refusal.
         """
-        data = self.endpoint.post(
-            "/chat/completions",
-            {
-                "model": self.model,
-                "messages": messages,
-                "temperature": self.temperature,
-                "max_tokens": self.max_tokens,
-                **self.extra_body,
-            },
-        )
-        try:
-            content = data["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise JudgeRequestError(
-                self.endpoint.redact(
-                    f"Judge endpoint {self.url} answered with something that is not a chat completion: "
-                    f"{json.dumps(data)[:300]}"
-                )
-            ) from None
-        return content if isinstance(content, str) else ""
+        payload = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            **self.extra_body,
+        }
+        for _ in range(self.truncated_retries + 1):
+            data = self.endpoint.post("/chat/completions", payload)
+            try:
+                choice = data["choices"][0]
+                content = choice["message"]["content"]
+            except (KeyError, IndexError, TypeError):
+                shown = self.endpoint.redact(json.dumps(data))[:300]  # mask first, then cut
+                raise JudgeRequestError(
+                    f"Judge endpoint {self.url} answered with something that is not a chat completion: {shown}"
+                ) from None
+            text = self.endpoint.redact(content) if isinstance(content, str) else ""
+            if choice.get("finish_reason") != "length":
+                return text
+        return TruncatedReply(text)
 
 
 _PAIRWISE = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.IGNORECASE)
@@ -164,6 +194,7 @@ def parse_pairwise_verdict(text: str) -> str:
 
     The same verdict may appear several times; no verdict, or two different ones, raises [`VerdictParseError`].
     """
+    _refuse_truncated(text)
     found = {m.upper() for m in _PAIRWISE.findall(text or "")}
     found = {"tie" if v in ("C", "TIE") else v for v in found}
     if len(found) != 1:
@@ -178,6 +209,7 @@ _RATING = re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]")
 def parse_rating(text: str, low: float = 1, high: float = 5) -> float:
     """A rating written `[[4]]` (MT-Bench single-answer style) within `[low, high]`; the last one wins when the
     judge restates it. Raises [`VerdictParseError`] when there is none or it is out of range."""
+    _refuse_truncated(text)
     found = _RATING.findall(text or "")
     if not found:
         raise VerdictParseError(f"Judge reply holds no [[rating]]: {text[:200]!r}")
@@ -192,6 +224,7 @@ def parse_aspect_ratings(text: str, aspects: list[str], low: float = 1, high: fl
 
     Every aspect must be present with a number in `[low, high]`; else [`VerdictParseError`].
     """
+    _refuse_truncated(text)
     text = text or ""
     data = None
     for start in reversed([i for i, ch in enumerate(text) if ch == "{"]):

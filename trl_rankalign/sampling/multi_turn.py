@@ -5,26 +5,40 @@ itself made, its own earlier answers included.
 user turns, optional `reference`) or any rows of that shape. [`generate_multi_turn_answers`] answers turn 1 of every
 question, then turn 2 in the conversation `[user 1, own answer 1, user 2]`, and so on, through the one generation
 layer ([`trl_rankalign.sampling.generation.sample_completions`], any backend). It is resumable per question and turn:
-each answer is one JSONL line `{"question_id", "turn", "answer", "generation"}`, appended as its turn finishes;
-`generation` records everything the answer depends on (backend, model and tokenizer fingerprints, decoding settings),
-and a rerun reuses only answers whose settings match (a turn whose earlier answer was redone is redone too).
+each answer is one JSONL line `{"question_id", "turn", "answer", "generation"}`, appended as soon as that question's
+turn is answered; `generation` records everything the answer depends on (backend, model and tokenizer fingerprints,
+decoding settings, the question's text) and nothing that does not (transport options), and a rerun reuses only
+answers whose settings match (a turn whose earlier answer was redone is redone too).
 Categories get MT-Bench's own temperatures ([`MT_BENCH_TEMPERATURES`], FastChat's `temperature_config`) unless
 `temperature_by_category=None`.
 """
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from .fingerprint import model_fingerprint, tokenizer_fingerprint
-from .generation import sample_completions
-from .jsonl import append_jsonl, repair_jsonl
-from .prompts import load_rows
+from tqdm.auto import tqdm
+
+from .fingerprint import model_fingerprint, short_hash, tokenizer_fingerprint
+from .generation import Decoding, make_backend, sample_completions
+from .jsonl import append_jsonl, output_folder, repair_jsonl
+from .prompts import check_limit, load_rows
 
 
-__all__ = ["MT_BENCH_TEMPERATURES", "generate_multi_turn_answers", "load_multi_turn_answers", "load_questions"]
+__all__ = [
+    "MT_BENCH_TEMPERATURES",
+    "generate_multi_turn_answers",
+    "load_multi_turn_answers",
+    "load_questions",
+    "question_seed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +63,7 @@ def _fail(index: int, field: str, message: str):
 def load_questions(source: Any, limit: int | None = None) -> list[dict]:
     """Multi-turn questions `{"question_id", "category", "turns", "reference"?}`, validated: `turns` is a non-empty
     list of non-empty user turns (strings, or `{"role": "user", "content"}` messages); ids are unique."""
+    check_limit(limit)
     rows = load_rows(source)[:limit] if limit is not None else load_rows(source)
     if not rows:
         raise ValueError(f"The question set {source!r} is empty.")
@@ -86,6 +101,13 @@ def _conversation(question: dict, answers: Sequence[str], turn: int) -> list[dic
     return messages + [{"role": "user", "content": question["turns"][turn]}]
 
 
+def question_seed(seed: int, question_id: Any, turn: int) -> int:
+    """The seed of one question's turn in a call seeded `seed` (31 bits): the same whichever other questions are asked
+    with it, so a resumed run draws what the uninterrupted one did."""
+    digest = hashlib.sha256(json.dumps([seed, question_id, turn], default=str).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
 def generate_multi_turn_answers(
     model: Any,
     tokenizer: Any,
@@ -100,33 +122,78 @@ def generate_multi_turn_answers(
     """Answer every turn of every question (see the module docstring) and return one row per question
     `{"question_id", "category", "turns", "answers"}`, in question order.
 
+    Each answer is appended to `output_file` as soon as it is made (one question's turn per generation call, up to the
+    backend's `concurrency` in flight), so a kill loses only the questions in flight. An answer is reused when its
+    `generation` matches: backend, model and tokenizer identity, decoding settings, temperature, turn, and a hash of
+    the question's user turns up to this one (a question edited under the same id is answered again). Transport
+    options (concurrency, timeout, retries, rate limit, batch size) are left out: they change how fast answers come,
+    not what they are.
+
     Args:
         model, tokenizer: the policy (the tokenizer's chat template renders each conversation).
         questions: from [`load_questions`].
         output_file: the resumable answers file.
         backend, **decoding: see [`sample_completions`] (`temperature`, `top_p`, `max_new_tokens`, `seed`, backend
-            options). `temperature` is the default for categories missing from `temperature_by_category`.
+            options). `temperature` is the default for categories missing from `temperature_by_category`. Turn `t`
+            of question `q` is seeded with [`question_seed`]`(seed, q, t)`.
         num_turns: answer only the first `num_turns` turns (default: all).
         model_identity: what identifies the model in the cache (default: its fingerprint).
     """
+    output_folder(Path(output_file).parent)
+    decoding = dict(decoding)
+    default_temperature = decoding.pop("temperature", 0.7)
+    names = {f.name for f in dataclasses.fields(Decoding)} | {"do_sample"}
+    sampling = {k: v for k, v in decoding.items() if k in names}  # what answers depend on
+    engine = make_backend(backend, **{k: v for k, v in decoding.items() if k not in names})  # transport: not keyed
     identity = {
-        "backend": backend if isinstance(backend, str) else getattr(backend, "name", type(backend).__name__),
-        "model": model_identity or model_fingerprint(model),
+        "backend": getattr(engine, "name", type(engine).__name__),
+        "model": model_identity or (model_fingerprint(model) if model is not None else engine.identity(model)),
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
-    default_temperature = decoding.pop("temperature", 0.7)
+    seed = sampling.pop("seed", 0)
     depth = max(len(q["turns"]) for q in questions) if num_turns is None else num_turns
 
+    def temperature_of(question: dict) -> float:
+        if temperature_by_category is None:
+            return default_temperature
+        return temperature_by_category.get(question.get("category"), default_temperature)
+
     def settings(question: dict, turn: int) -> dict:
-        temperature = default_temperature
-        if temperature_by_category is not None:
-            temperature = temperature_by_category.get(question.get("category"), default_temperature)
-        return {**identity, **{k: v for k, v in decoding.items()}, "temperature": temperature, "turn": turn}
+        key = {**identity, **sampling, "seed": seed, "temperature": temperature_of(question), "turn": turn}
+        key["question"] = short_hash(question["turns"][: turn + 1])
+        return json.loads(json.dumps(key, default=str))  # as read back from the file
 
     answers: dict[Any, list[str]] = {q["question_id"]: [] for q in questions}
     cached = {}
     for row in repair_jsonl(output_file) if Path(output_file).exists() else []:
         cached[(row.get("question_id"), row.get("turn"))] = row
+    lock = threading.Lock()
+
+    def answer(question: dict, turn: int) -> None:
+        """Answer one question's turn and append it at once (whole line, under the lock)."""
+        prompt = _conversation(question, answers[question["question_id"]], turn)
+        ((text,),) = sample_completions(
+            model,
+            tokenizer,
+            [prompt],
+            1,
+            backend=engine,
+            progress=False,
+            temperature=temperature_of(question),
+            seed=question_seed(seed, question["question_id"], turn),
+            **sampling,
+        )
+        row = {
+            "question_id": question["question_id"],
+            "turn": turn,
+            "answer": text.strip(),
+            "generation": settings(question, turn),
+        }
+        with lock:
+            append_jsonl(output_file, [row])
+            cached[(question["question_id"], turn)] = {**row, "reused": True}
+
+    workers = max(1, int(getattr(engine, "concurrency", 1)))
     for turn in range(depth):
         todo = []
         for question in questions:
@@ -143,34 +210,25 @@ def generate_multi_turn_answers(
             logger.warning(
                 "Turn %d: regenerating %d answers made with other settings or contexts.", turn + 1, len(todo)
             )
-        groups: dict[float, list[dict]] = {}
-        for question in todo:  # one call per temperature (categories share their decoding)
-            groups.setdefault(settings(question, turn)["temperature"], []).append(question)
-        for temperature, group in groups.items():
-            prompts = [_conversation(q, answers[q["question_id"]], turn) for q in group]
-            completions = sample_completions(
-                model,
-                tokenizer,
-                prompts,
-                1,
-                backend=backend,
-                temperature=temperature,
-                desc=f"Turn {turn + 1}",
-                **decoding,
-            )
-            new = []
-            for question, (text,) in zip(group, completions):
-                answers[question["question_id"]].append(text.strip())
-                new.append(
-                    {
-                        "question_id": question["question_id"],
-                        "turn": turn,
-                        "answer": text.strip(),
-                        "generation": settings(question, turn),
-                    }
-                )
-                cached[(question["question_id"], turn)] = {**new[-1], "reused": True}
-            append_jsonl(output_file, new)
+        progress = tqdm(total=len(todo), desc=f"Turn {turn + 1}", disable=not todo)
+        if workers == 1:  # in this thread: in-process backends (transformers, vLLM) stay on the caller's thread
+            for question in todo:
+                answer(question, turn)
+                progress.update(1)
+        else:
+            with ThreadPoolExecutor(max_workers=min(workers, len(todo) or 1)) as pool:
+                futures = [pool.submit(answer, question, turn) for question in todo]
+                try:
+                    for future in as_completed(futures):
+                        future.result()
+                        progress.update(1)
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        progress.close()
+        for question in todo:
+            answers[question["question_id"]].append(cached[(question["question_id"], turn)]["answer"])
     return [
         {
             "question_id": q["question_id"],

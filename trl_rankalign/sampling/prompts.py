@@ -62,6 +62,12 @@ def load_rows(source: Any, split: str | None = None) -> list[dict]:
     raise TypeError(f"Cannot read a prompt set from a {type(source).__name__}.")
 
 
+def check_limit(limit: int | None) -> None:
+    """Refuse a `limit` below 1: `rows[:-1]` would silently drop the last prompt and `rows[:0]` keep none."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of prompts (or left out for all), got {limit!r}.")
+
+
 def load_prompts(
     source: Any,
     prompt_column: str = "prompt",
@@ -79,12 +85,13 @@ def load_prompts(
         reference_column: optional column holding the reference answer (a string or a list of strings); renamed
             to `"reference"` when present. References are only needed by the text metrics.
         split: split to read from a `DatasetDict` folder or a JSON object of splits.
-        limit: keep only the first `limit` prompts.
+        limit: keep only the first `limit` prompts (`None`: all; 0 or negative: a `ValueError`, see [`check_limit`]).
 
     Raises:
         `FileNotFoundError` for a missing file; `ValueError` for an empty set, a missing column (naming the columns
         found) or a prompt that is neither a non-empty string nor a chat-message list (naming the row).
     """
+    check_limit(limit)
     rows = load_rows(source, split)
     if limit is not None:
         rows = rows[:limit]
@@ -100,7 +107,9 @@ def load_prompts(
                 if "turns" in row and "question_id" in row
                 else "pass the right `prompt_column`"
             )
-            raise ValueError(f"Prompt set row {index} has no {prompt_column!r} column (columns: {sorted(row)}); {hint}.")
+            raise ValueError(
+                f"Prompt set row {index} has no {prompt_column!r} column (columns: {sorted(row)}); {hint}."
+            )
         new = {k: v for k, v in row.items() if k not in (prompt_column, reference_column)}
         new["prompt"] = _check_prompt(row[prompt_column], index, prompt_column)
         if reference_column is not None and row.get(reference_column) is not None:

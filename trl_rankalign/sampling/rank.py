@@ -14,27 +14,31 @@ batched, resumable). They are scored by exactly one of:
     bias) with evaluation's pairwise prompt; every parsed order is one comparison (win / loss / tie) and the scores
     are the log-strengths of a Bradley-Terry fit ([`bradley_terry`]).
 
-Garbage is never a result: an unparseable verdict is counted as a parse error. In rating mode the candidate it
+Garbage is never a result: an unparseable verdict (a reply cut at its token limit included) is counted as a parse
+error. In rating mode the candidate it
 belongs to gets no score and is dropped; in pairwise mode that comparison is left out, and a candidate left with no
 parsed comparison is dropped. A row left with fewer than 2 scored candidates is dropped. Every drop is counted in
 `summary.json` and logged. Empty completions are dropped (and counted) before scoring, as the schema rejects them.
 
 Outputs under `output_dir`:
 
-- `verdicts.jsonl`: one record per finished prompt, appended as it finishes: `index`, `setup` (what scores depend
-  on: the scorer's identity, i.e. a reward model's fingerprint or a callable's module, name and source code, or the
-  judge's model, request settings, prompts, aspects and parser), `key` (hash of the setup, prompt and candidates),
-  `prompt`, `completions` (all K candidates), `judgments` (the judge's raw replies and parsed verdicts),
-  `parse_errors`, `scores` (K floats, `null` for a dropped candidate). A rerun skips the indices already there with
-  the same `key`, asking the judge again only for the verdicts it could not parse, so a run stopped by an
-  unreachable endpoint loses nothing paid for. Records scored by another reward are rescored; records judged with
+- `verdicts.jsonl`: one record per finished prompt, appended by the worker that judged it as soon as it finishes (so
+  a failure elsewhere cannot discard what was paid for): `index`, `setup` (what scores depend on: the scorer's
+  identity, i.e. a reward model's fingerprint or a callable's module, name and source code, or the judge's model,
+  request settings, prompts, aspects and parser), `key` (hash of the setup, prompt and candidates), `prompt`,
+  `completions` (all K candidates), `judgments` (the judge's raw replies, key masked, and parsed verdicts),
+  `parse_errors`, `failed` (requests the judge refused, e.g. HTTP 400 for a prompt too long: the run goes on and names
+  them; or never asked because the endpoint failed and the run stopped), `scores` (K floats, `null` for a dropped
+  candidate). A rerun skips the indices already there with the same `key`, asking the judge again only for the
+  verdicts it could not parse or was refused, so a run stopped by an unreachable endpoint loses nothing paid for. Records scored by another reward are rescored; records judged with
   another judge setup stop the run (they were paid for: use another `output_dir`, or delete `verdicts.jsonl`);
 - `candidates/<p>-<policy name>.jsonl`: the generated candidates of policy `p` (resumable generation cache, keyed
   on the policy's fingerprint, K and the decoding settings: changed settings regenerate them, unless the judge has
   already been paid for verdicts on the old ones, which stops the run with a message naming the setting);
 - `ranked/` (`Dataset.save_to_disk`) and `ranked.jsonl`: rows `{"prompt", "completions", "scores"}`;
 - `summary.json`: the counts: prompts, candidates, requests (of all finished prompts; `requests_this_run` of those
-  finished by this run), parse errors, empty / dropped candidates, dropped rows, rows kept.
+  finished by this run), parse errors, `refused_prompts` (indices; `trl-rankalign rank` then exits with 1), empty /
+  dropped candidates, dropped rows, rows kept.
 """
 
 import gc
@@ -52,14 +56,16 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from ..data.schema import validate_ranked_example
-from .answers import generate_answers, model_name_from_path
+from .answers import check_checkpoint, generate_answers, model_name_from_path
 from .fingerprint import diff_settings, short_hash
 from .generation import StaleCacheError, scorer_identity
-from .jsonl import append_jsonl, repair_jsonl
+from .http import EndpointError, is_refusal
+from .jsonl import append_jsonl, output_folder, repair_jsonl
 from .llm_judge import (
     DEFAULT_JUDGE_SYSTEM_PROMPT,
     DEFAULT_PAIRWISE_TEMPLATE,
     JudgeClient,
+    JudgeRequestError,
     VerdictParseError,
     parse_aspect_ratings,
     parse_pairwise_verdict,
@@ -214,30 +220,65 @@ def _pairwise_messages(prompt, a, b, template: str, system_prompt: str | None) -
 
 
 # ------------------------------------------------------------------------------------------------- scoring one row
-def _judge_rating(client: JudgeClient, prompt, completions, aspects, template, system_prompt, previous=None) -> dict:
-    """One request per candidate; with `previous` judgments, only those whose ratings could not be parsed are asked
-    again. `asked` counts this call's requests."""
+class _Stop:
+    """Shared by the rows judged at once: set by the first failure of the endpoint itself (unreachable, 401, ...), after
+    which no row asks anything more (what each row was paid for is still saved)."""
+
+    def __init__(self):
+        self.error: Exception | None = None
+        self.lock = threading.Lock()
+
+    def set(self, error: Exception) -> None:
+        with self.lock:
+            self.error = self.error or error
+
+
+def _ask(client: JudgeClient, messages: list[dict], stop: _Stop) -> tuple[str | None, str | None]:
+    """`(reply, None)`, or `(None, why)` when the endpoint refused this request (HTTP 400/413/422: recorded, the run
+    goes on), failed altogether (recorded, and `stop` is set) or the run has stopped."""
+    if stop.error is not None:
+        return None, "not asked: the run stopped"
+    try:
+        return client.chat(messages), None
+    except EndpointError as error:
+        if not is_refusal(error):
+            stop.set(error)
+        return None, str(error)[:500]
+
+
+def _judge_rating(
+    client: JudgeClient, prompt, completions, aspects, template, system_prompt, previous=None, stop=None
+) -> dict:
+    """One request per candidate; with `previous` judgments, only those whose ratings could not be parsed (or were
+    refused) are asked again. `asked` counts this call's requests."""
+    stop = stop or _Stop()
     done = {j["candidate"]: j for j in (previous or []) if j.get("ratings") is not None}
     judgments, scores, asked = [], [], 0
     for k, completion in enumerate(completions):
         if k in done:
             judgment = done[k]
         else:
-            reply = client.chat(rating_messages(prompt, completion, aspects, template, system_prompt))
-            asked += 1
-            try:
-                ratings = parse_aspect_ratings(reply, list(aspects))
-            except VerdictParseError:
-                ratings = None
-            judgment = {"candidate": k, "reply": reply, "ratings": ratings}
+            reply, failure = _ask(client, rating_messages(prompt, completion, aspects, template, system_prompt), stop)
+            asked += reply is not None
+            judgment = {"candidate": k, "reply": reply, "ratings": None}
+            if failure is not None:
+                judgment["error"] = failure
+            else:
+                try:
+                    judgment["ratings"] = parse_aspect_ratings(reply, list(aspects))
+                except VerdictParseError:
+                    pass
         judgments.append(judgment)
         ratings = judgment["ratings"]
         scores.append(None if ratings is None else float(np.mean(list(ratings.values()))))
     return {"judgments": judgments, "scores": scores, "asked": asked}
 
 
-def _judge_pairwise(client: JudgeClient, prompt, completions, prior, template, system_prompt, previous=None) -> dict:
-    """Both orders of every pair; with `previous` judgments, only the unparsed orders are asked again."""
+def _judge_pairwise(
+    client: JudgeClient, prompt, completions, prior, template, system_prompt, previous=None, stop=None
+) -> dict:
+    """Both orders of every pair; with `previous` judgments, only the unparsed (or refused) orders are asked again."""
+    stop = stop or _Stop()
     done = {(j["a"], j["b"]): j for j in (previous or []) if j.get("verdict") is not None}
     judgments, asked = [], 0
     for i in range(len(completions)):
@@ -247,13 +288,17 @@ def _judge_pairwise(client: JudgeClient, prompt, completions, prior, template, s
                     judgments.append(done[(a, b)])
                     continue
                 messages = _pairwise_messages(prompt, completions[a], completions[b], template, system_prompt)
-                reply = client.chat(messages)
-                asked += 1
-                try:
-                    verdict = parse_pairwise_verdict(reply)
-                except VerdictParseError:
-                    verdict = None
-                judgments.append({"a": a, "b": b, "reply": reply, "verdict": verdict})
+                reply, failure = _ask(client, messages, stop)
+                asked += reply is not None
+                judgment = {"a": a, "b": b, "reply": reply, "verdict": None}
+                if failure is not None:
+                    judgment["error"] = failure
+                else:
+                    try:
+                        judgment["verdict"] = parse_pairwise_verdict(reply)
+                    except VerdictParseError:
+                        pass
+                judgments.append(judgment)
     parsed = [(j["a"], j["b"], _PAIRWISE_SCORE[j["verdict"]]) for j in judgments if j["verdict"] is not None]
     compared = sorted({k for a, b, _ in parsed for k in (a, b)})  # a candidate with no parsed comparison is dropped
     position = {k: n for n, k in enumerate(compared)}
@@ -302,6 +347,21 @@ def _is_empty(completion: Any) -> bool:
     if isinstance(completion, str):
         return not completion.strip()
     return isinstance(completion, list) and (not completion or not answer_text(completion))
+
+
+def _reward_scorer(reward: Any):
+    """[`as_scorer`] of `reward`, a path naming what is wrong when it is not a loadable reward model folder
+    (transformers reports a missing folder as a malformed hub id)."""
+    if not isinstance(reward, str | os.PathLike):
+        return as_scorer(reward)
+    check_checkpoint(reward, what="Reward model")
+    try:
+        return as_scorer(reward)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(
+            f"Cannot load reward model {str(reward)!r}: no such local folder, and not a model id that can be loaded "
+            f"here ({str(error).splitlines()[0]})."
+        ) from None
 
 
 def _key(setup: Any, prompt: Any, completions: list) -> str:
@@ -371,8 +431,7 @@ def rank_candidates(
         raise ValueError(f"judge_mode must be 'rating' or 'pairwise', got {judge_mode!r}.")
     if candidates is not None and policies:
         raise ValueError("Pass either `candidates` or `policies` (to generate them), not both.")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = output_folder(output_dir)
     rows = load_prompts(prompts, prompt_column, reference_column=None, limit=limit)
     texts = [row["prompt"] for row in rows]
     if len({isinstance(p, str) for p in texts}) > 1:  # before generating or scoring anything
@@ -380,7 +439,7 @@ def rank_candidates(
 
     # The scoring setup: what a finished record must match to be reused.
     if judge is None:
-        scorer = as_scorer(reward)
+        scorer = _reward_scorer(reward)
         method, setup = "reward", {"method": "reward", "scorer": scorer_identity(scorer)}
     else:
         method = judge_mode
@@ -447,35 +506,46 @@ def rank_candidates(
 
     done = {r["index"]: r for r in records if r["index"] < len(texts)}  # later lines win
     done = {i: r for i, r in done.items() if r.get("key") == keys[i]}
-    retry = {i: r["judgments"] for i, r in done.items() if r.get("parse_errors")}  # garbled verdicts: ask again
+    # garbled, refused or never-asked verdicts: ask again (only those)
+    retry = {i: r["judgments"] for i, r in done.items() if r.get("parse_errors") or r.get("failed")}
     done = {i: r for i, r in done.items() if i not in retry}
     todo = [i for i in range(len(texts)) if i not in done]
     if done or retry:
         logger.info(
-            "%s: %d prompts already scored, %d to go (%d to re-ask for unparsed verdicts).",
+            "%s: %d prompts already scored, %d to go (%d to re-ask for unparsed or refused verdicts).",
             verdicts_file, len(done), len(todo), len(retry),
         )  # fmt: skip
     lock = threading.Lock()
     requests_this_run = [0]
+    stop = _Stop()
 
     def save(record: dict) -> None:
         with lock:
             append_jsonl(verdicts_file, [record])
-        done[record["index"]] = record
+            done[record["index"]] = record
 
-    def judge_row(i: int) -> dict:
+    def judge_row(i: int) -> None:
+        """Judge prompt `i` and save it at once, from this worker: what was paid for is on disk whatever the other
+        prompts do (an exception in the main loop cannot discard it)."""
+        if stop.error is not None:
+            return  # the endpoint failed: ask nothing more (rows already started finish and are saved)
         if len(candidates[i]) < 2:  # nothing to rank: no request
             result = {"judgments": [], "scores": [None] * len(candidates[i]), "asked": 0}
         elif judge_mode == "rating":
-            result = _judge_rating(judge, texts[i], candidates[i], aspects, template, system_prompt, retry.get(i))
+            args = (aspects, template, system_prompt, retry.get(i), stop)
+            result = _judge_rating(judge, texts[i], candidates[i], *args)
         else:
-            result = _judge_pairwise(judge, texts[i], candidates[i], bt_prior, template, system_prompt, retry.get(i))
+            args = (bt_prior, template, system_prompt, retry.get(i), stop)
+            result = _judge_pairwise(judge, texts[i], candidates[i], *args)
         with lock:
             requests_this_run[0] += result.pop("asked")
         parsed = "ratings" if judge_mode == "rating" else "verdict"
-        errors = sum(j[parsed] is None for j in result["judgments"])
-        return {"index": i, "setup": setup, "key": keys[i], "prompt": texts[i], "completions": candidates[i],
-                **result, "parse_errors": errors}  # fmt: skip
+        failed = sum("error" in j for j in result["judgments"])
+        errors = sum(j[parsed] is None and "error" not in j for j in result["judgments"])
+        if stop.error is not None and all(j.get("reply") is None for j in result["judgments"]):
+            return  # the endpoint failed before anything of this prompt was paid for: nothing to keep
+        save({"index": i, "setup": setup, "key": keys[i], "prompt": texts[i], "completions": candidates[i],
+              **result, "parse_errors": errors, "failed": failed})  # fmt: skip
 
     progress = tqdm(total=len(todo), desc=f"Ranking ({method})", disable=not todo)
     if judge is None:
@@ -493,14 +563,25 @@ def rank_candidates(
             futures = [pool.submit(judge_row, i) for i in todo]
             try:
                 for future in as_completed(futures):
-                    save(future.result())
+                    future.result()
                     progress.update(1)
-            except BaseException:
+            except BaseException as error:  # e.g. Ctrl-C: rows in flight ask nothing more, save what they have
+                stop.set(error)
                 for future in futures:
                     future.cancel()
                 raise
     progress.close()
+    if stop.error is not None:
+        unfinished = [i for i in range(len(texts)) if i not in done or done[i].get("failed")]
+        raise JudgeRequestError(
+            f"{stop.error} The {len(texts) - len(unfinished)} prompts judged so far are saved in {verdicts_file}; "
+            f"rerun to judge the {len(unfinished)} others (nothing paid for is asked again)."
+        )
     return _finish([done[i] for i in range(len(texts))], output_dir, method, judge, empty, requests_this_run[0])
+
+
+def _first_error(records: list[dict]) -> str:
+    return next((j["error"] for r in records for j in r["judgments"] if j.get("error")), "")
 
 
 def _finish(records: list[dict], output_dir: Path, method: str, judge, empty: int, requests_this_run: int) -> Dataset:
@@ -520,9 +601,10 @@ def _finish(records: list[dict], output_dir: Path, method: str, judge, empty: in
         "judge_model": judge.model if judge is not None else None,
         "prompts": len(records),
         "candidates": sum(len(r["completions"]) for r in records),
-        "requests": sum(len(r["judgments"]) for r in records),
+        "requests": sum(j.get("reply") is not None for r in records for j in r["judgments"]),
         "requests_this_run": requests_this_run,
         "parse_errors": sum(r["parse_errors"] for r in records),
+        "refused_prompts": [r["index"] for r in records if r.get("failed")],
         "empty_candidates": empty,
         "dropped_candidates": dropped_candidates,
         "dropped_rows": dropped_rows,
@@ -534,6 +616,12 @@ def _finish(records: list[dict], output_dir: Path, method: str, judge, empty: in
             "rank: %d unparseable verdicts; dropped %d empty and %d unscored candidates and %d rows with < 2 scored "
             "candidates (see %s).",
             summary["parse_errors"], empty, dropped_candidates, dropped_rows, output_dir / "summary.json",
+        )  # fmt: skip
+    if summary["refused_prompts"]:
+        logger.warning(
+            "rank: the judge refused prompts %s (their candidates are unscored; a rerun asks again only for those): "
+            "%s",
+            summary["refused_prompts"], _first_error(records),
         )  # fmt: skip
     if not ranked:
         raise ValueError(f"Every row was dropped (< 2 scored candidates each): see {output_dir / 'summary.json'}.")
