@@ -91,7 +91,10 @@ def test_pairwise_items_and_reference_judges(tmp_path):
 
 
 def test_mt_bench_human_judgments_in_fastchats_schema():
-    items = load_comparisons(FIXTURES / "mt_bench_human_judgments.json")
+    # raters kept apart as FastChat does: by default the authors here (no experts), never mixed with gpt4_pair
+    default = load_comparisons(FIXTURES / "mt_bench_human_judgments.json")
+    assert [item["rater"] for item in default] == ["author"] * 3
+    items = load_comparisons(FIXTURES / "mt_bench_human_judgments.json", raters="all")
     assert [item["human"] for item in items] == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.5, 0.5]]
     # turn 2 is judged in each model's own context: its first answer and the second question
     assert [m["role"] for m in items[1]["prompts"][0]] == ["user", "assistant", "user"]
@@ -147,3 +150,20 @@ def test_human_comparison_sources_through_the_converters(name):
     items = load_comparisons(rows, format=name)
     assert len(items) == len(rows) and all(item["human"] == [1.0, 0.0] for item in items)
     assert all(isinstance(r, str) and r for item in items for r in item["responses"])
+
+
+def test_llm_judge_sees_each_models_own_conversation_on_turn_2(judge_server):
+    rows = json.loads((FIXTURES / "mt_bench_human_judgments.json").read_text())
+    (item,) = load_comparisons([rows[1]])  # turn 2
+    first_a, first_b = (item["prompts"][k][1]["content"] for k in (0, 1))
+    assert first_a != first_b
+    judge_server.reply = lambda request: (200, "[[A]]")  # position bias: A in both orders -> a tie
+    client = JudgeClient(judge_server.base_url, "stub-judge", timeout=5.0, max_retries=0)
+    assert score_items([item], "llm", client=client) == [[0.5, 0.5]]
+    for request, (a, b) in zip(judge_server.requests, [(first_a, first_b), (first_b, first_a)]):
+        text = request["messages"][-1]["content"]
+        assert text.index(a) < text.index(b)  # A's own first answer, then B's own, in each order
+    judge_server.requests.clear()
+    prompts = FIXTURES / "fastchat_judge_prompts.jsonl"  # FastChat's schema: pair-v2-multi-turn on turn 2
+    assert score_items([item], "llm", client=client, judge_prompts=prompts) == [[0.5, 0.5]]
+    assert all(r["messages"][-1]["content"].startswith("[A conversation]") for r in judge_server.requests)

@@ -81,6 +81,73 @@ def test_agreement_command_writes_json_and_chart(tmp_path):
 
 
 def test_plot_rounds_command(tmp_path):
-    (tmp_path / "rounds.jsonl").write_text(json.dumps({"round": 0, "mean_reward": 0.1, "lists": 3}) + "\n")
+    cut = '{"round": 1, "mean_rew'  # a write interrupted mid-line: skipped (and redone by `iterate`), never a crash
+    (tmp_path / "rounds.jsonl").write_text(json.dumps({"round": 0, "mean_reward": 0.1, "lists": 3}) + "\n" + cut)
     assert cli("plot", "--rounds", tmp_path, "--output_dir", tmp_path / "plots") == 0
     assert (tmp_path / "plots" / "round_mean_reward.png").is_file()
+
+
+def test_mt_bench_command_writes_fastchats_layout(tmp_path, judge_server):
+    rows = [{"question_id": 81, "category": "writing", "turns": ["q1", "q2"], "answers": ["a1", "a2"]}]
+    (tmp_path / "ours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    baseline = {"question_id": 81, "answer_id": "x", "model_id": "gpt-3.5-turbo", "tstamp": 1.0}
+    baseline["choices"] = [{"index": 0, "turns": ["b1", "b2"]}]
+    (tmp_path / "gpt-3.5-turbo.jsonl").write_text(json.dumps(baseline) + "\n")  # FastChat's answer schema
+    judge_server.reply = lambda request: (200, "[[A]] Rating: [[6]]")
+    common = [
+        "--answers",
+        tmp_path / "ours.jsonl",
+        "--judge_base_url",
+        judge_server.base_url,
+        "--judge_model",
+        "gpt-4",
+    ]
+    common += ["--judge_api_key_env", "", "--judge_prompts", FIXTURES / "fastchat_judge_prompts.jsonl"]
+    assert cli("mt-bench", *common, "--output_dir", tmp_path / "bench") == 0
+    single = tmp_path / "bench" / "model_judgment" / "gpt-4_single.jsonl"
+    assert [json.loads(x)["score"] for x in single.read_text().splitlines()] == [6, 6]
+    assert (
+        cli("mt-bench", *common, "--output_dir", tmp_path / "bench", "--baseline", tmp_path / "gpt-3.5-turbo.jsonl")
+        == 0
+    )
+    pair = [
+        json.loads(x) for x in (tmp_path / "bench" / "model_judgment" / "gpt-4_pair.jsonl").read_text().splitlines()
+    ]
+    assert [(p["model_1"], p["model_2"], p["g1_winner"], p["g2_winner"]) for p in pair] == [
+        ("ours", "gpt-3.5-turbo", "model_1", "model_2")
+    ] * 2  # A in both orders: a tie by FastChat's rule
+    assert all(r["max_tokens"] == 2048 for r in judge_server.requests)
+
+
+def test_export_and_eval_refusals(tmp_path, capsys):
+    answers = tmp_path / "ours.jsonl"
+    answers.write_text(json.dumps({"index": 0, "prompt": "Hi", "completions": ["# Title\n- **a**"]}) + "\n")
+    bench = tmp_path / "bench"
+    assert (
+        cli("export", "--answers", answers, "--format", "mt_bench", "--output", bench, "--model_name", "../../x") == 1
+    )
+    assert not (tmp_path.parent / "x.jsonl").exists() and "error:" in capsys.readouterr().err
+    # Arena-Hard: without uids there is nothing gen_judgment.py would judge
+    assert cli("export", "--answers", answers, "--format", "arena_hard", "--output", bench) == 1
+    assert "uid" in capsys.readouterr().err
+    prompts = tmp_path / "question.jsonl"
+    prompts.write_text(json.dumps({"uid": "u7", "category": "hard_prompt", "prompt": "Hi", "dataset": "oasst"}) + "\n")
+    assert cli("export", "--answers", answers, "--format", "arena_hard", "--output", bench, "--prompts", prompts) == 0
+    (line,) = [json.loads(x) for x in (bench / "model_answer" / "ours.jsonl").read_text().splitlines()]
+    assert line["uid"] == "u7" and line["metadata"]["header_count"]["h1"] == 1
+    assert line["metadata"]["list_count"] == {"ordered": 0, "unordered": 1}
+    assert line["metadata"]["bold_count"] == {"**": 1, "__": 0} and line["metadata"]["token_len"] > 0
+    # AlpacaEval: the prompt set's own `dataset` column per row
+    output = tmp_path / "alpaca.json"
+    assert (
+        cli("export", "--answers", answers, "--format", "alpaca_eval", "--output", output, "--prompts", prompts) == 0
+    )
+    assert json.loads(output.read_text())[0]["dataset"] == "oasst"
+    # a negative --limit and an --output_dir that is a file: one error line each
+    capsys.readouterr()
+    argv = ["generate", "--model", "x", "--prompts", prompts, "--output_dir", tmp_path / "answers", "--limit", "-1"]
+    assert cli(*argv) == 1
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert cli("generate", "--model", "x", "--prompts", prompts, "--output_dir", answers) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "is a file" in err and err.strip().count("\n") == 0

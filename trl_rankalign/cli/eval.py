@@ -110,7 +110,7 @@ def add_eval_parser(subparsers) -> None:
     _opt(export, "format", required=True, choices=["alpaca_eval", "mt_bench", "arena_hard"])
     _opt(export, "output", required=True, help="alpaca_eval: the JSON file; mt_bench: the bench folder")
     _opt(export, "model_name", help="generator / model_id (default: the answers file name)")
-    _opt(export, "dataset", help="alpaca_eval 'dataset' field")
+    _opt(export, "dataset", help="alpaca_eval 'dataset' field (default: the prompt set's own `dataset` column)")
     _add_prompt_options(export, required=False)
     _opt(export, "question_id_column", default="question_id", help="mt_bench: question ids from --prompts")
 
@@ -125,7 +125,26 @@ def add_eval_parser(subparsers) -> None:
     _opt(mt_bench, "baseline", help="the baseline's multi-turn answers: pairwise grading (both orders) instead")
     _opt(mt_bench, "judge_base_url", required=True, help="OpenAI-compatible endpoint")
     add_judge_client_arguments(mt_bench)
-    _opt(mt_bench, "judge_cache", help="judgments JSONL (default: next to the answers)")
+    _opt(
+        mt_bench,
+        "judge_prompts",
+        help="FastChat's data/judge_prompts.jsonl: grade with FastChat's prompts (default: the built-in prompts)",
+    )
+    _opt(
+        mt_bench,
+        "reference_answers",
+        help="FastChat's data/mt_bench/reference_answer/gpt-4.jsonl (math, reasoning, coding; with --judge_prompts)",
+    )
+    _opt(mt_bench, "judge_max_tokens", type=int, default=2048, help="the judge's max_tokens (FastChat: 2048)")
+    _opt(mt_bench, "model_name", help="`model` / `model_1` of the judgments (default: the answers file name)")
+    _opt(mt_bench, "baseline_name", help="`model_2` of the judgments (default: the baseline file name)")
+    _opt(
+        mt_bench,
+        "output_dir",
+        help="FastChat bench folder: judgments go to <output_dir>/model_judgment/<judge>_single.jsonl or _pair.jsonl "
+        "(default: <answers folder>/mt_bench)",
+    )
+    _opt(mt_bench, "judge_cache", help="the judgments file itself, instead of the one under --output_dir")
     _opt(mt_bench, "output", help="write the result to this JSON file")
 
     agreement = commands.add_parser("agreement", help="how well each automatic judge agrees with human preferences")
@@ -141,6 +160,14 @@ def add_eval_parser(subparsers) -> None:
     _opt(agreement, "reward_fn", help="also judge with this callable 'module:function'")
     _opt(agreement, "judge_base_url", help="also judge with this LLM (pairwise, both orders)")
     add_judge_client_arguments(agreement)
+    _opt(agreement, "judge_prompts", help="FastChat's data/judge_prompts.jsonl for the LLM judge (pair-v2 prompts)")
+    _opt(
+        agreement,
+        "raters",
+        default="auto",
+        choices=["auto", "expert", "author", "gpt4-pair", "all"],
+        help="MT-Bench human judgments: whose votes (auto: experts if any, else authors)",
+    )
     _opt(agreement, "num_resamples", type=int, default=1000, help="bootstrap resamples")
     _opt(agreement, "output", required=True, help="the JSON result (a PNG bar chart is written beside it)")
 
@@ -195,13 +222,13 @@ def _generate(args) -> None:
     from ..sampling.answers import generate_answers_for_models, model_name_from_path
     from ..sampling.arguments import backend_options
 
-    if args.multi_turn:
-        return _generate_multi_turn(args)
     names = args.name or [model_name_from_path(m) for m in args.model]
     if len(names) != len(args.model):
         raise ValueError(f"{len(args.name)} --name for {len(args.model)} --model: give one name per model.")
     if len(set(names)) != len(names):
         raise ValueError(f"Two checkpoints would write the same answers file ({names}): pass --name for each.")
+    if args.multi_turn:
+        return _generate_multi_turn(args)
     if args.generation_backend == "server" and len(args.model) > 1:
         raise ValueError("The server backend serves one model (--generation_model): give one --model per run.")
     prompts = _load_prompt_set(args)
@@ -285,8 +312,9 @@ def add_judge_client_arguments(parser) -> None:
     _opt(parser, "judge_workers", type=int, default=4, help="prompts judged concurrently")
 
 
-def judge_client_from_args(args):
-    """A `JudgeClient` from the options of `add_judge_client_arguments` and `--judge_base_url`."""
+def judge_client_from_args(args, **kwargs):
+    """A `JudgeClient` from the options of `add_judge_client_arguments` and `--judge_base_url` (`kwargs`: more
+    `JudgeClient` arguments, e.g. `max_tokens`)."""
     from ..sampling.llm_judge import JudgeClient
 
     if not args.judge_model:
@@ -299,6 +327,7 @@ def judge_client_from_args(args):
         max_retries=args.judge_max_retries,
         backoff=args.judge_backoff,
         requests_per_second=args.judge_rps,
+        **kwargs,
     )
 
 
@@ -361,6 +390,15 @@ def _export(args) -> None:
     from ..sampling.jsonl import read_jsonl
 
     name = args.model_name or Path(args.answers).stem
+    if args.format in ("mt_bench", "arena_hard"):  # the name is a file name under the bench folder
+        from ..sampling.answers import safe_answers_name
+
+        try:
+            safe_answers_name(name)
+        except ValueError:
+            raise ValueError(
+                f"--model_name {name!r} names the answer file under the bench folder: give a plain name (no folders)."
+            ) from None
     rows = read_jsonl(args.answers)
     if rows and "answers" in rows[0]:  # multi-turn answers (eval generate --multi_turn)
         if args.format != "mt_bench":
@@ -371,11 +409,27 @@ def _export(args) -> None:
         uids = None
         if args.prompts:
             prompts = _load_prompt_set(args)
-            uids = [str(row.get("uid", index)) for index, row in enumerate(prompts)]
+            missing = [index for index, row in enumerate(prompts) if row.get("uid") in (None, "")]
+            if missing:
+                raise ValueError(
+                    f"--prompts rows {missing[:5]} have no `uid`: pass the bench's own question.jsonl, whose uids "
+                    "gen_judgment.py looks answers up by."
+                )
+            uids = [str(row["uid"]) for row in prompts]
+        from ..evaluation.export import token_encoder_name
+
         print(to_arena_hard(args.answers, name, args.output, uids=uids))
+        print(f"metadata.token_len counted with {token_encoder_name()}", file=sys.stderr)
         return
     if args.format == "alpaca_eval":
-        to_alpaca_eval(args.answers, name, args.output, dataset=args.dataset)
+        dataset = args.dataset
+        if dataset is None and args.prompts:  # the prompt set's own column, per row (AlpacaEval's `dataset`)
+            from ..sampling.answers import load_answers
+
+            prompts = _load_prompt_set(args)
+            if any(row.get("dataset") is not None for row in prompts):
+                dataset = [prompts[row["index"]].get("dataset") for row in load_answers(args.answers)]
+        to_alpaca_eval(args.answers, name, args.output, dataset=dataset)
         print(args.output)
         return
     question_ids = None
@@ -396,19 +450,34 @@ def _plot(args) -> None:
 
 
 def _mt_bench(args) -> None:
+    from ..evaluation.fastchat import JUDGE_MAX_TOKENS, judgment_file
     from ..evaluation.mt_bench import judge_pairwise, judge_single
     from ..sampling.jsonl import read_jsonl
 
     rows = read_jsonl(args.answers)
     if not rows or "answers" not in rows[0]:
         raise ValueError(f"{args.answers!r} holds no multi-turn answers: run `eval generate --multi_turn` first.")
-    client = judge_client_from_args(args)
+    for option in ("judge_prompts", "reference_answers", "baseline"):
+        if getattr(args, option) and not Path(getattr(args, option)).is_file():
+            raise FileNotFoundError(f"--{option} {getattr(args, option)!r} is not a file.")
+    if args.reference_answers and not args.judge_prompts:
+        raise ValueError("--reference_answers go with FastChat's prompts: pass --judge_prompts too.")
+    client = judge_client_from_args(args, max_tokens=args.judge_max_tokens or JUDGE_MAX_TOKENS)
     answers = Path(args.answers)
+    bench = Path(args.output_dir) if args.output_dir else answers.parent / "mt_bench"
+    options = dict(
+        model_name=args.model_name or answers.stem,
+        judge_prompts=args.judge_prompts,
+        reference_answers=args.reference_answers,
+    )
     if args.baseline:
-        cache = args.judge_cache or answers.with_name(f"{answers.stem}.vs.{Path(args.baseline).stem}.mt_bench.jsonl")
-        result = judge_pairwise(rows, read_jsonl(args.baseline), client, cache)
+        cache = args.judge_cache or judgment_file(bench, client.model, "pair")
+        baseline_name = args.baseline_name or Path(args.baseline).stem
+        result = judge_pairwise(rows, read_jsonl(args.baseline), client, cache, baseline_name=baseline_name, **options)
     else:
-        result = judge_single(rows, client, args.judge_cache or answers.with_name(f"{answers.stem}.mt_bench.jsonl"))
+        result = judge_single(
+            rows, client, args.judge_cache or judgment_file(bench, client.model, "single"), **options
+        )
     print(json.dumps(result.to_dict(), indent=2))
     _write_json(result.to_dict(), args.output)
 
@@ -416,12 +485,12 @@ def _mt_bench(args) -> None:
 def _agreement(args) -> None:
     from ..evaluation.agreement import agreement, load_comparisons, plot_agreement, score_items, write_agreement
 
-    items = load_comparisons(args.comparisons, format=args.format)
+    items = load_comparisons(args.comparisons, format=args.format, raters=args.raters)
     judges = [(name, {}) for name in args.judges]
     if args.reward_model or args.reward_fn:
         judges.append(("reward", {"reward": args.reward_model or _import_callable(args.reward_fn)}))
     if args.judge_base_url:
-        judges.append(("llm", {"client": judge_client_from_args(args)}))
+        judges.append(("llm", {"client": judge_client_from_args(args), "judge_prompts": args.judge_prompts}))
     if not judges:
         raise ValueError(
             "Name at least one judge: --judges bleu rouge chrf, --reward_model, --reward_fn or --judge_base_url."
@@ -466,12 +535,23 @@ _COMMANDS = {
 }
 
 
+def _check_common(args) -> None:
+    """Refusals shared by every subcommand: a negative `--limit`, an `--output_dir` that is a file."""
+    limit = getattr(args, "limit", None)
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be positive (or left out for all), got {limit}.")
+    output_dir = getattr(args, "output_dir", None)
+    if output_dir and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"--output_dir {str(output_dir)!r} is a file, not a folder.")
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Run the `eval` subcommand parsed into `args`. Returns 0, or 1 after printing `error: ...` for bad inputs."""
     from ..sampling.http import EndpointError
     from ..sampling.llm_judge import JudgeError
 
     try:
+        _check_common(args)
         _COMMANDS[args.eval_command](args)
     except (FileNotFoundError, ValueError, JudgeError, EndpointError, KeyboardInterrupt) as error:
         kind = "interrupted" if isinstance(error, KeyboardInterrupt) else "error"

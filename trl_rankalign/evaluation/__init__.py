@@ -7,7 +7,9 @@ Each module has one job; import what you need from here:
 - `win_rate`: [`reward_win_rate`], [`llm_judge_win_rate`], [`bootstrap_win_rate`], [`WinRateResult`];
 - `judge_client`: [`JudgeClient`] (OpenAI-compatible `chat(messages) -> str`) and the verdict parsers;
 - `text_metrics`: [`compute_text_metrics`], [`answers_text_metrics`];
-- `export`: [`to_alpaca_eval`], [`to_mt_bench`];
+- `export`: [`to_alpaca_eval`], [`to_mt_bench`], [`to_arena_hard`];
+- `mt_bench` and `fastchat`: MT-Bench grading with FastChat's prompts, rules and judgment files;
+- `agreement`: agreement of automatic judges with human preferences (with FastChat's `compute_agreement` numbers);
 - `plots`: [`plot_training_curves`] (matplotlib is imported only when this is used);
 - `cli`: `trl-rankalign eval ...`.
 """

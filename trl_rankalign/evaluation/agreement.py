@@ -4,8 +4,13 @@ Human comparisons come in as *items*: one prompt (or one context per response, f
 responses and the humans' scores of them (higher is better; equal scores are a human tie). [`load_comparisons`]
 reads TRL pairwise rows (`prompt`, `chosen`, `rejected`; optional `reference`), this package's ranked rows (`prompt`,
 `completions`, `scores`) and MT-Bench's human judgments (`lmsys/mt_bench_human_judgments`: `question_id`, `model_a`,
-`model_b`, `winner`, `conversation_a`, `conversation_b`, `turn`); `openai/summarize_from_feedback` and
-`Anthropic/hh-rlhf` go through this package's converters first (`format="summarize_from_feedback"` / `"hh_rlhf"`).
+`model_b`, `winner`, `conversation_a`, `conversation_b`, `turn`, `judge`); `openai/summarize_from_feedback` and
+`Anthropic/hh-rlhf` rows go through this package's converters first. All five schemas are told apart by their columns.
+
+MT-Bench human judgments are kept apart by rater, as FastChat's `compute_agreement.py` does: `expert_*` votes are the
+humans the judge is compared with, `author_*` votes a group of their own, the `gpt4_pair` split's votes (`judge` a
+`[model, prompt]` pair; label `tie (inconsistent)` when its two orders disagreed) another; by default the experts are
+used when there are any, else the authors, else every row (`raters` picks one group, or `"all"`).
 
 Every judge scores every response ([`score_items`]): `bleu`, `rouge` (ROUGE-L F) and `chrf` against the item's
 `reference` (sentence level, sacrebleu / rouge-score), a reward model or a Python callable
@@ -18,10 +23,19 @@ two verdicts into one). [`agreement`] then reports, per judge:
 - a bootstrap 95% interval of the agreement, resampling items;
 - `kendall_tau`: the mean Kendall τ-b between the judge's and the humans' scores over items with K >= 3 (None when
   every item is a pair);
-- `items` and `pairs`: how many were used.
+- `items` and `pairs`: how many were used;
+- `fastchat` (MT-Bench human judgments only): FastChat's `compute_agreement.py` numbers, per turn and overall, with
+  ties (a judge tie agrees with a human tie, of any kind) and without ties (pairs where either side is a tie left
+  out): `{"turn_1": {"with_ties": {"agree", "total", "ratio"}, "without_ties": {...}}, "turn_2": ..., "overall":
+  ...}`. The judge's vote on a pair is `model_a`, `model_b` or `tie` from its two scores.
+
+The LLM judge follows FastChat's rules: each pair is judged in both orders and is a win only when both orders name
+the same response, any tie or disagreement a tie; on a turn-2 MT-Bench item each order shows each model's own
+conversation (with FastChat's prompts, `judge_prompts`: `pair-v2` for turn 1, `pair-v2-multi-turn` for turn 2).
 """
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -36,7 +50,8 @@ from ..metrics import kendall_tau
 from ..sampling.llm_judge import DEFAULT_JUDGE_SYSTEM_PROMPT, DEFAULT_PAIRWISE_TEMPLATE, JudgeClient
 from ..sampling.prompts import answer_text, load_rows, prompt_text
 from ..sampling.scorers import as_scorer
-from .win_rate import combine_orders, judge_pair
+from . import fastchat
+from .win_rate import judge_pair
 
 
 __all__ = [
@@ -49,10 +64,32 @@ __all__ = [
     "score_items",
 ]
 
+logger = logging.getLogger(__name__)
+
 REFERENCE_JUDGES = ("bleu", "rouge", "chrf")
-# FastChat's labels (compute_agreement.py): a tie "(bothbad)" is still a tie between the two
-MT_BENCH_WINNERS = {"model_a": (1.0, 0.0), "model_b": (0.0, 1.0), "tie": (0.5, 0.5), "tie (bothbad)": (0.5, 0.5)}
+# FastChat's labels (compute_agreement.py): any label holding "tie" is a tie between the two
+MT_BENCH_WINNERS = {
+    "model_a": (1.0, 0.0),
+    "model_b": (0.0, 1.0),
+    "tie": (0.5, 0.5),
+    "tie (bothbad)": (0.5, 0.5),
+    "tie (inconsistent)": (0.5, 0.5),  # the gpt4_pair split: the judge's two orders disagreed
+}
 FORMATS = ("auto", "pairwise", "ranked", "mt_bench_human", "summarize_from_feedback", "hh_rlhf")
+RATERS = ("auto", "expert", "author", "gpt4-pair", "all")
+
+
+def rater_group(judge) -> str:
+    """FastChat's `get_judge_name`: `expert_*` -> "expert" (FastChat's "human"), `author_*` -> "author", a
+    `[model, prompt]` pair (the gpt4_pair split) -> "gpt4-pair" (any model); anything else is its own name."""
+    if isinstance(judge, list | tuple):
+        return "gpt4-pair"
+    judge = str(judge)
+    if judge.startswith("expert"):
+        return "expert"
+    if judge.startswith("author"):
+        return "author"
+    return judge
 
 
 def _fail(index: int, field: str, message: str):
@@ -90,15 +127,29 @@ def _mt_bench_item(row: dict, index: int) -> dict:
             _fail(index, f"{side}[{position - 1}].role", "expected a user turn before the judged assistant turn")
         prompts.append(context)
         responses.append(conversation[position]["content"])
-    return {"prompts": prompts, "responses": responses, "human": list(MT_BENCH_WINNERS[winner]), "row": index}
+    return {
+        "prompts": prompts,
+        "responses": responses,
+        "human": list(MT_BENCH_WINNERS[winner]),
+        "row": index,
+        "turn": turn,
+        "vote": "tie" if "tie" in winner else winner,
+        "rater": rater_group(row.get("judge", "")),
+        "question_id": row.get("question_id"),
+    }
 
 
 def _detect(rows: list[dict]) -> str:
     columns = set(rows[0])
     if {"winner", "conversation_a", "conversation_b"} <= columns:
         return "mt_bench_human"
+    if {"info", "summaries", "choice"} <= columns:
+        return "summarize_from_feedback"
     if {"completions", "scores"} <= columns:
         return "ranked"
+    if {"chosen", "rejected"} <= columns and "prompt" not in columns:
+        if isinstance(rows[0]["chosen"], str) and "Human:" in rows[0]["chosen"]:
+            return "hh_rlhf"  # Anthropic/hh-rlhf: whole transcripts, the prompt is their shared prefix
     if {"chosen", "rejected"} <= columns:
         return "pairwise"
     raise ValueError(
@@ -107,18 +158,26 @@ def _detect(rows: list[dict]) -> str:
     )
 
 
-def load_comparisons(source: Any, format: str = "auto", reference_column: str = "reference") -> list[dict]:
+def load_comparisons(
+    source: Any, format: str = "auto", reference_column: str = "reference", raters: str = "auto"
+) -> list[dict]:
     """Read human comparisons as items `{"prompts": [K contexts], "responses": [K texts], "human": [K scores],
-    "reference"?: str | list[str], "row": index}`.
+    "reference"?: str | list[str], "row": index}` (MT-Bench items also carry `turn`, `vote`, `rater`,
+    `question_id`).
 
     `source` is a `.jsonl`/`.json` file, a saved dataset folder, a `datasets.Dataset` or a list of rows. Rows that
-    cannot be read raise `ValueError` naming the row and the field; an empty set is refused.
+    cannot be read raise `ValueError` naming the row and the field; an empty set is refused. `raters` picks the
+    MT-Bench rater group (see the module docstring).
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if raters not in RATERS:
+        raise ValueError(f"raters must be one of {RATERS}, got {raters!r}")
     rows = _rows(source)
     if not rows:
         raise ValueError("The comparisons are empty: there is nothing to measure agreement on.")
+    if format == "auto" and _detect(rows) in ("summarize_from_feedback", "hh_rlhf"):
+        format = _detect(rows)
     if format in ("summarize_from_feedback", "hh_rlhf"):
         from datasets import Dataset
 
@@ -159,7 +218,27 @@ def load_comparisons(source: Any, format: str = "auto", reference_column: str = 
         if row.get(reference_column) is not None:
             item["reference"] = row[reference_column]
         items.append(item)
+    if format == "mt_bench_human":
+        items = _pick_raters(items, raters)
     return items
+
+
+def _pick_raters(items: list[dict], raters: str) -> list[dict]:
+    groups = sorted({item["rater"] for item in items})
+    if raters == "all":
+        return items
+    if raters == "auto":
+        raters = next((group for group in ("expert", "author") if group in groups), None)
+        if raters is None:
+            return items
+    kept = [item for item in items if item["rater"] == raters]
+    if not kept:
+        raise ValueError(f"No MT-Bench judgments by the {raters!r} raters (the rows have {groups}).")
+    if len(kept) < len(items):
+        logger.info(
+            "Agreement with the %s raters: %d of %d judgments (groups: %s).", raters, len(kept), len(items), groups
+        )
+    return kept
 
 
 # ----------------------------------------------------------------------------------------------------- judges
@@ -176,7 +255,12 @@ def _reference_scores(items: list[dict], metric: str) -> list[list[float]]:
     for item in items:
         reference = item.get("reference")
         if reference in (None, "", []):
-            _fail(item["row"], "reference", f"the {metric} judge needs a reference answer")
+            _fail(
+                item["row"],
+                "reference",
+                f"the {metric} judge needs a reference answer (a `reference` column; summarize_from_feedback, hh-rlhf "
+                "and MT-Bench judgments have none: use --reward_model, --reward_fn or --judge_base_url)",
+            )
         references = [reference] if isinstance(reference, str) else list(reference)
         if metric == "rouge":
             scores.append(
@@ -187,20 +271,61 @@ def _reference_scores(items: list[dict], metric: str) -> list[list[float]]:
     return scores
 
 
-def _llm_scores(items: list[dict], client: JudgeClient, template: str, system_prompt: str | None) -> list[list[float]]:
-    """Each response's wins over the item's other responses, every pair judged in both orders (cancels position
-    bias); a pair whose verdicts cannot be parsed counts for neither."""
+def _conversation(context, response) -> tuple[list[str], list[str]]:
+    """The user questions and assistant answers of a conversation `context` (messages) ending in `response`."""
+    messages = list(context) if isinstance(context, list) else [{"role": "user", "content": str(context)}]
+    questions = [m["content"] for m in messages if m.get("role") == "user"]
+    answers = [m["content"] for m in messages if m.get("role") == "assistant"] + [response]
+    return questions, answers
+
+
+def _transcript(questions: Sequence[str], answers: Sequence[str], name: str) -> str:
+    return "\n\n".join(f"### User:\n{q}\n\n### {name}:\n{a}" for q, a in zip(questions, answers))
+
+
+def _llm_pair(item, i, j, client, template, system_prompt, prompts) -> str:
+    """FastChat's outcome (`win`/`tie`/`loss`/`error`) of response i against j, judged in both orders; on a
+    multi-turn item each order shows each model's own conversation."""
+    sides = {k: _conversation(item["prompts"][k], item["responses"][k]) for k in (i, j)}
+    turns = len(sides[i][1])
+    if prompts is not None and turns > 2:
+        raise ValueError(f"row {item['row']}: FastChat's judge prompts judge turns 1 and 2 only, not {turns}.")
+    verdicts = []
+    for first, second in ((i, j), (j, i)):
+        (qa, aa), (qb, ab) = sides[first], sides[second]
+        if prompts is not None:
+            prompt = prompts["pair-v2-multi-turn" if turns == 2 else "pair-v2"]
+            messages = [
+                {"role": "system", "content": prompt["system_prompt"]},
+                {"role": "user", "content": fastchat.pair_user_prompt(prompt, qa, aa, ab)},
+            ]
+            verdicts.append(fastchat.parse_verdict(client.chat(messages)))
+            continue
+        if turns > 1:  # the built-in template: each model's whole conversation as its answer
+            question = qa[-1]
+            answer_a, answer_b = _transcript(qa, aa, "Assistant A"), _transcript(qb, ab, "Assistant B")
+        else:
+            question, answer_a, answer_b = prompt_text(item["prompts"][first]), aa[-1], ab[-1]
+        verdict = judge_pair(client, system_prompt, template, question, answer_a, answer_b)[0]
+        verdicts.append(verdict or "error")
+    g1 = {"A": "model_1", "B": "model_2"}.get(verdicts[0], verdicts[0])
+    g2 = {"A": "model_2", "B": "model_1"}.get(verdicts[1], verdicts[1])
+    return fastchat.pair_outcome(g1, g2)
+
+
+def _llm_scores(
+    items: list[dict], client: JudgeClient, template: str, system_prompt: str | None, prompts: dict | None = None
+) -> list[list[float]]:
+    """Each response's wins over the item's other responses (a tie 1/2), every pair judged in both orders with
+    FastChat's rule; a pair whose verdicts cannot be parsed counts for neither."""
     scores = []
     for item in items:
         wins = [0.0] * len(item["responses"])
         for i in range(len(wins)):
             for j in range(i + 1, len(wins)):
-                question = prompt_text(item["prompts"][i])
-                a, b = item["responses"][i], item["responses"][j]
-                first = judge_pair(client, system_prompt, template, question, a, b)[0]
-                second = judge_pair(client, system_prompt, template, question, b, a)[0]
-                _, score = combine_orders(first, second)
-                if score is not None:
+                outcome = _llm_pair(item, i, j, client, template, system_prompt, prompts)
+                if outcome != "error":
+                    score = {"win": 1.0, "tie": 0.5, "loss": 0.0}[outcome]
                     wins[i] += score
                     wins[j] += 1 - score
         scores.append(wins)
@@ -214,9 +339,11 @@ def score_items(
     client: JudgeClient | None = None,
     template: str = DEFAULT_PAIRWISE_TEMPLATE,
     system_prompt: str | None = DEFAULT_JUDGE_SYSTEM_PROMPT,
+    judge_prompts: str | os.PathLike | dict | None = None,
 ) -> list[list[float]]:
     """One score per response of every item from `judge`: `"bleu"`, `"rouge"`, `"chrf"`, `"reward"` (with `reward`:
-    a reward-model path or a callable `(prompts, completions) -> rewards`) or `"llm"` (with `client`)."""
+    a reward-model path or a callable `(prompts, completions) -> rewards`) or `"llm"` (with `client`; FastChat's
+    `judge_prompts.jsonl` path or dict to judge with `pair-v2` / `pair-v2-multi-turn` instead of `template`)."""
     if judge in REFERENCE_JUDGES:
         return _reference_scores(items, judge)
     if judge == "reward":
@@ -227,7 +354,9 @@ def score_items(
     if judge == "llm":
         if client is None:
             raise ValueError("The LLM judge needs a judge client (a base URL and a model).")
-        return _llm_scores(items, client, template, system_prompt)
+        if judge_prompts is not None and not isinstance(judge_prompts, dict):
+            judge_prompts = fastchat.load_judge_prompts(judge_prompts, "pair")
+        return _llm_scores(items, client, template, system_prompt, judge_prompts)
     raise ValueError(f"Unknown judge {judge!r}: choose from {[*REFERENCE_JUDGES, 'reward', 'llm']}.")
 
 
@@ -243,6 +372,7 @@ class AgreementResult:
     pairs: int
     human_ties: int
     judge_ties: int
+    fastchat: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -285,8 +415,11 @@ def agreement(
             if not math.isnan(tau):
                 taus.append(tau)
     pairs = sum(len(o) for o in per_item)
+    fastchat_numbers = fastchat_agreement(items, scores) if any("vote" in item for item in items) else None
     if not per_item:
-        return AgreementResult(judge, None, None, None, None, len(items), 0, human_ties, judge_ties)
+        return AgreementResult(
+            judge, None, None, None, None, len(items), 0, human_ties, judge_ties, fastchat=fastchat_numbers
+        )
     sums = np.array([sum(o) for o in per_item])
     counts = np.array([len(o) for o in per_item])
     rng = np.random.default_rng(seed)
@@ -303,7 +436,38 @@ def agreement(
         pairs=pairs,
         human_ties=human_ties,
         judge_ties=judge_ties,
+        fastchat=fastchat_numbers,
     )
+
+
+def _judge_vote(judged: Sequence[float]) -> str:
+    return "model_a" if judged[0] > judged[1] else "model_b" if judged[0] < judged[1] else "tie"
+
+
+def fastchat_agreement(items: list[dict], scores: list[list[float]]) -> dict:
+    """FastChat's `compute_agreement.py` numbers (`get_mt_bench_agreement`, judge vs "human") on MT-Bench items: per
+    human vote, agreement of the judge's vote (`model_a`/`model_b`/`tie` from its two scores) with it; with ties any
+    two ties agree, without ties a pair where either vote is a tie is left out. Per turn and overall."""
+    counts: dict[str, dict[str, list[int]]] = {}
+    for item, judged in zip(items, scores):
+        if "vote" not in item:
+            continue
+        judge_vote, human_vote = _judge_vote(judged), item["vote"]
+        for scope in (f"turn_{item['turn']}", "overall"):
+            stats = counts.setdefault(scope, {"with_ties": [0, 0], "without_ties": [0, 0]})
+            agree = int(judge_vote == human_vote)  # both ties ("tie" in the label) count as equal
+            stats["with_ties"][0] += agree
+            stats["with_ties"][1] += 1
+            if "tie" not in (judge_vote, human_vote):
+                stats["without_ties"][0] += agree
+                stats["without_ties"][1] += 1
+    return {
+        scope: {
+            kind: {"agree": agree, "total": total, "ratio": agree / total if total else None}
+            for kind, (agree, total) in stats.items()
+        }
+        for scope, stats in sorted(counts.items(), key=lambda kv: (kv[0] == "overall", kv[0]))
+    }
 
 
 def plot_agreement(results: Sequence[AgreementResult], path: str | os.PathLike, dpi: int = 100) -> str:

@@ -7,11 +7,14 @@
   of multi-turn answers ([`trl_rankalign.sampling.multi_turn`]), or the one answer of single-turn ones.
 - Arena-Hard (`arena-hard-auto`, v2 layout): `data/<bench>/model_answer/<model>.jsonl`, one line per question
   `{"uid", "ans_id", "model", "messages": [{"role": "user", "content"}, {"role": "assistant", "content": {"answer"}}],
-  "tstamp", "metadata": {"token_len"}}`.
+  "tstamp", "metadata": {"token_len", "header_count", "list_count", "bold_count"}}`: the metadata of arena-hard-auto's
+  `utils/add_markdown_info.py`, which `show_result.py`'s style control (`-f length`, `markdown`) reads.
 """
 
 import json
+import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -20,7 +23,46 @@ from pathlib import Path
 from ..sampling.answers import answer_text, load_answers, prompt_text
 
 
-__all__ = ["to_alpaca_eval", "to_arena_hard", "to_mt_bench"]
+__all__ = ["arena_hard_metadata", "to_alpaca_eval", "to_arena_hard", "to_mt_bench"]
+
+logger = logging.getLogger(__name__)
+_CODE_BLOCK = re.compile("```([^`]*)```")
+
+
+def _markdown_counts(text: str) -> dict:
+    """arena-hard-auto's `count_markdown_elements` (headers h1-h6, ordered/unordered list items, bold `**`/`__`)."""
+    return {
+        "header_count": {f"h{n}": len(re.findall(rf"^#{{{n}}}\s", text, re.MULTILINE)) for n in range(1, 7)},
+        "list_count": {
+            "ordered": len(re.findall(r"^\s*\d+\.\s", text, re.MULTILINE)),
+            "unordered": len(re.findall(r"^\s*[-*+]\s", text, re.MULTILINE)),
+        },
+        "bold_count": {"**": len(re.findall(r"\*\*[^*\n]+\*\*", text)), "__": len(re.findall(r"__[^_\n]+__", text))},
+    }
+
+
+def _token_counter(tokenizer=None):
+    """`(count, name)`: tiktoken's `o200k_base` (gpt-4o's, what arena-hard-auto counts with) when tiktoken is installed
+    and its encoding loads, else `tokenizer`'s tokens, else whitespace words."""
+    try:
+        import tiktoken
+
+        encoder = tiktoken.get_encoding("o200k_base")
+        return (lambda text: len(encoder.encode(text, disallowed_special=()))), "tiktoken:o200k_base"
+    except Exception:  # not installed, or the encoding file cannot be fetched (offline)
+        pass
+    if tokenizer is not None:
+        return (lambda text: len(tokenizer(text)["input_ids"])), f"tokenizer:{getattr(tokenizer, 'name_or_path', '')}"
+    return (lambda text: len(text.split())), "whitespace"
+
+
+def arena_hard_metadata(answer: str, count_tokens) -> dict:
+    """`{"token_len", "header_count", "list_count", "bold_count"}` as arena-hard-auto's `add_markdown_info.py` writes
+    them: tokens of the whole answer, markdown elements counted with code blocks removed."""
+    stripped = answer
+    for block in _CODE_BLOCK.findall(answer):
+        stripped = stripped.replace(block, "")
+    return {"token_len": count_tokens(answer), **_markdown_counts(stripped)}
 
 
 def _instruction(prompt) -> str:
@@ -42,8 +84,9 @@ def to_alpaca_eval(
 
     Args:
         model_name: the `generator` field, the name AlpacaEval's leaderboard shows.
-        dataset: the `dataset` field (one string for all rows, or one per row), e.g. `"helpful_base"`; left out when
-            `None`.
+        dataset: the `dataset` field (one string for all rows, or one per row), e.g. `"helpful_base"`; by default a
+            row's own `dataset` column (AlpacaEval's `alpaca_eval.json` has one, carried into the answers by
+            `eval generate`) when it has one, else left out.
 
     Returns:
         The written records.
@@ -58,6 +101,8 @@ def to_alpaca_eval(
         }
         if dataset is not None:
             record["dataset"] = dataset if isinstance(dataset, str) else dataset[i]
+        elif row.get("dataset") is not None:
+            record["dataset"] = row["dataset"]
         records.append(record)
     Path(output_file).parent.mkdir(parents=True, exist_ok=True)
     with open(output_file, "w", encoding="utf-8") as f:
@@ -123,17 +168,25 @@ def to_arena_hard(
     Args:
         model: the `model` field and the file name (what its judgment config's model list takes).
         uids: the question `uid` of each prompt set row, indexed by the answers' `index` (Arena-Hard's
-            `question.jsonl` order); by default the row's own `uid` column, else its index as a string.
-        tokenizer: counts `metadata.token_len` (Arena-Hard's length control uses it); whitespace words otherwise.
+            `question.jsonl` order); by default every answer row's own `uid`. Without either it is a `ValueError`:
+            answers under made-up uids are silently never judged by `gen_judgment.py`.
+        tokenizer: counts `metadata.token_len` when tiktoken (`o200k_base`, arena-hard-auto's own count) is not
+            installed; whitespace words without either. The encoder used is logged.
     """
     rows = load_answers(answers)
+    if uids is None and any(row.get("uid") in (None, "") for row in rows):
+        raise ValueError(
+            "Arena-Hard answers need each question's uid: pass the bench's question.jsonl as --prompts (its `uid` "
+            "column), or answers that carry a `uid`."
+        )
+    count_tokens, encoder = _token_counter(tokenizer)
+    logger.info("Arena-Hard export: token_len counted with %s", encoder)
     path = Path(bench_dir) / "model_answer" / f"{model}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for row in rows:
-        uid = uids[row["index"]] if uids is not None else str(row.get("uid", row["index"]))
+        uid = str(uids[row["index"]] if uids is not None else row["uid"])
         answer = answer_text(row["completions"][0])
-        token_len = len(tokenizer(answer)["input_ids"]) if tokenizer is not None else len(answer.split())
         lines.append(
             {
                 "uid": uid,
@@ -144,9 +197,15 @@ def to_arena_hard(
                     {"role": "assistant", "content": {"answer": answer}},
                 ],
                 "tstamp": time.time(),
-                "metadata": {"token_len": token_len},
+                "metadata": arena_hard_metadata(answer, count_tokens),
             }
         )
     with open(path, "w", encoding="utf-8") as f:
         f.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     return str(path)
+
+
+def token_encoder_name(tokenizer=None) -> str:
+    """Which encoder [`to_arena_hard`] counts `token_len` with: `tiktoken:o200k_base`, `tokenizer:...` or
+    `whitespace`."""
+    return _token_counter(tokenizer)[1]

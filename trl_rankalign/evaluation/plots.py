@@ -15,6 +15,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..sampling.jsonl import read_jsonl
+
 
 __all__ = ["PLOTS", "ROUND_PLOTS", "load_log_history", "plot_rounds", "plot_training_curves"]
 
@@ -146,7 +148,7 @@ def plot_rounds(rounds: str | os.PathLike, output_dir: str | os.PathLike, dpi: i
     path = path / "rounds.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist: is this an `iterate` run folder?")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [row for row in read_jsonl(path) if isinstance(row.get("round"), int)]  # a cut last line is skipped
     if not records:
         raise ValueError(f"{str(path)!r} holds no finished round.")
     output_dir = Path(output_dir)
