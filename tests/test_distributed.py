@@ -97,11 +97,21 @@ def test_ddp_two_processes_match_one(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_with_different_k_per_rank(tmp_path):
-    """The shipped data, first step: rank 0's lists have K=5, rank 1's K=6."""
-    _launch(
+    """The shipped data, first step: rank 0's lists have K=5, rank 1's K=6. Both ranks' lists reach the logged
+    metrics (the gathered ranks include the 6th, padded on rank 0), the loss is finite, and the step moved the
+    weights that were saved."""
+    import math
+
+    import torch
+    from safetensors.torch import load_file
+
+    from trl_rankalign.tiny import tiny_model_path
+
+    output = tmp_path / "out"
+    summary = _launch(
         "rankdpo",
         TINY / "rankdpo.yaml",
-        tmp_path / "out",
+        output,
         "cpu2",
         "--per_device_train_batch_size",
         "2",
@@ -111,7 +121,22 @@ def test_ddp_with_different_k_per_rank(tmp_path):
         "no",
         "--data_seed",
         "0",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
     )
+    assert summary["num_processes"] == 2 and summary["global_step"] == 1
+    state = json.loads((output / "checkpoint-1" / "trainer_state.json").read_text())  # the logged, gathered metrics
+    entry = next(entry for entry in state["log_history"] if "loss" in entry)
+    assert math.isfinite(entry["loss"]) and entry["loss"] > 0
+    assert "rewards/rank_5" in entry and "rewards/rank_6" in entry and "rewards/rank_7" not in entry
+    assert entry["grad_norm"] > 0
+    before, after = load_file(Path(tiny_model_path()) / "model.safetensors"), load_file(output / "model.safetensors")
+    moved = [name for name, tensor in after.items() if not torch.equal(tensor, before[name])]
+    assert len(moved) > len(after) // 2, moved
 
 
 def _deepspeed_config(tmp_path: Path, name: str) -> str:

@@ -4,7 +4,10 @@ import json
 
 import pytest
 
-from trl_rankalign.evaluation.harness import OPEN_LLM_LEADERBOARD_V1, run_harness
+
+pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install -e '.[harness]')")
+
+from trl_rankalign.evaluation.harness import OPEN_LLM_LEADERBOARD_V1, run_harness  # noqa: E402
 
 
 TASK = """task: tiny_sentiment

@@ -103,6 +103,20 @@ class TestAgainstReferences:
         expected = [reference(*valid_items(rewards, scores, mask, b)) for b in range(len(mask))]
         assert_rows_match(metric(rewards.to(dtype), scores.to(dtype), mask), expected)
 
+    @pytest.mark.parametrize("metric, reference", REFERENCES)
+    def test_near_ties_are_not_ties(self, metric, reference):
+        """float64 rewards and scores a hair apart (1e-9, below float32's resolution near 0.1): distinct to scipy,
+        scikit-learn and the loop, so they must be distinct here (in float32 they merge into ties: tau 0.913 vs
+        0.667 on the first row)."""
+        base = [0.1, 0.1 + 1e-9, 0.1 + 2e-9, 0.3, 0.3 + 1e-9]
+        rewards = torch.tensor([base, base[::-1]], dtype=torch.float64)
+        scores = torch.tensor([[0.1 + 2e-9, 0.1, 0.1 + 1e-9, 0.3 + 1e-9, 0.3]] * 2, dtype=torch.float64)
+        mask = torch.ones(2, 5, dtype=torch.bool)
+        expected = [reference(rewards[b].numpy(), scores[b].numpy()) for b in range(2)]
+        assert_rows_match(metric(rewards, scores, mask), expected)
+        merged = metric(rewards.float(), scores.float(), mask)  # what float32 inputs can say
+        assert not torch.allclose(merged, torch.tensor(expected, dtype=torch.float32), equal_nan=True)
+
     def test_real_valued_rewards_and_scores(self):
         gen = torch.Generator().manual_seed(3)
         rewards, scores = torch.randn(32, 7, generator=gen), torch.randn(32, 7, generator=gen) * 5

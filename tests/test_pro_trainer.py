@@ -99,8 +99,10 @@ def test_bad_input_and_options_fail_loudly(tiny_path, tmp_path):
     ]
     with pytest.raises(ValueError, match="row 1, field 'scores\\[1\\]'"):
         PROTrainer(model=tiny_path, args=cpu_config(PROConfig, tmp_path), train_dataset=Dataset.from_list(rows))
-    # Reference-free: DPOTrainer's public switch for holding no reference model is always on
-    assert cpu_config(PROConfig, tmp_path, precompute_ref_log_probs=False).precompute_ref_log_probs
+    # Reference-free: unset, DPOTrainer's public switch for holding no reference model is on; an explicit False is
+    # kept (the trainer refuses it without PEFT: tests/test_seams.py)
+    assert cpu_config(PROConfig, tmp_path).precompute_ref_log_probs
+    assert not cpu_config(PROConfig, tmp_path, precompute_ref_log_probs=False).precompute_ref_log_probs
     with pytest.raises(ValueError, match="temperature_mode"):
         cpu_config(PROConfig, tmp_path, temperature_mode="annealed")
     with pytest.raises(ValueError, match="temperature"):

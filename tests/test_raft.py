@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from conftest import cpu_config
 
 from trl_rankalign.raft import RAFTConfig, load_raft_round, select_best, train_raft
@@ -25,7 +26,15 @@ def test_round_trip_and_resume(tiny_path, tmp_path, monkeypatch):
         RAFTConfig, tmp_path, num_rounds=2, num_samples=4, max_new_tokens=8, max_steps=3, sampling_batch_size=2
     )
     model = train_raft(tiny_path, PROMPTS, args, reward=reward_fn)
-    assert model is not None
+    # The returned policy is the last round's trained model: its weights are the saved ones and moved from the start
+    from transformers import AutoModelForCausalLM
+
+    start = dict(AutoModelForCausalLM.from_pretrained(tiny_path).named_parameters())
+    saved = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "round_1" / "model").named_parameters())
+    returned = dict(model.named_parameters())
+    assert returned.keys() == saved.keys()
+    assert all(torch.equal(returned[name].detach().cpu(), saved[name].detach()) for name in saved)
+    assert any(not torch.equal(saved[name], start[name]) for name in start)
     for r in range(2):
         rows = [json.loads(line) for line in (tmp_path / f"round_{r}" / "samples.jsonl").read_text().splitlines()]
         assert sorted(row["index"] for row in rows) == [0, 1, 2, 3]

@@ -56,7 +56,10 @@ def test_bad_rows_and_options(tiny_path, tmp_path, name):
     ]
     with pytest.raises(ValueError, match="row 1, field 'scores'"):
         trainer_class(model=tiny_path, args=cpu_config(config_class, tmp_path), train_dataset=Dataset.from_list(rows))
-    assert cpu_config(config_class, tmp_path, precompute_ref_log_probs=False).precompute_ref_log_probs  # no ref model
+    # No reference model: unset resolves to DPOTrainer's switch for holding none; an explicit False is kept (and
+    # refused by the trainer without PEFT, see tests/test_seams.py), not silently overridden
+    assert cpu_config(config_class, tmp_path).precompute_ref_log_probs
+    assert not cpu_config(config_class, tmp_path, precompute_ref_log_probs=False).precompute_ref_log_probs
     with pytest.raises(ValueError, match="reference-free"):
         trainer_class(
             model=tiny_path,

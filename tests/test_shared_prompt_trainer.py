@@ -2,6 +2,7 @@
 
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -67,11 +68,14 @@ def test_shared_with_lora_precompute_and_training(tiny_path, tmp_path):
     assert all(math.isfinite(h["entropy"]) and h["entropy"] > 0 for h in history)
 
 
-def test_auto_turns_on_where_sharing_saves_tokens(tiny_path, tmp_path):
+def test_auto_turns_on_where_sharing_saves_tokens(tiny_path, tmp_path, caplog):
     lists = tiny_ranked_dataset().select(range(8))  # ~7-token prompts, 5 completions of ~15 tokens: ~25% fewer tokens
-    trainer = RankDPOTrainer(model=tiny_path, args=cpu_config(RankDPOConfig, tmp_path / "s"), train_dataset=lists)
+    with caplog.at_level(logging.INFO, logger="trl_rankalign.ranked_preference_trainer"):
+        trainer = RankDPOTrainer(model=tiny_path, args=cpu_config(RankDPOConfig, tmp_path / "s"), train_dataset=lists)
     assert trainer.shared_prompt_forward is True
-    assert trainer.model.config._attn_implementation == shared_prompt_attention_name("sdpa")
+    assert trainer.model.config._attn_implementation == "sdpa"  # switched only while train/evaluate/predict run
+    said = [r.getMessage() for r in caplog.records if "shared_prompt_forward (auto) on" in r.getMessage()]
+    assert len(said) == 1 and re.search(r"on for Qwen2ForCausalLM: \d+% fewer tokens", said[0]), said
     long_answers = lists.map(  # 2 completions of ~120 tokens behind the same prompts: ~3% fewer tokens
         lambda row: {"completions": [c * 8 for c in row["completions"][:2]], "scores": row["scores"][:2]}
     )
@@ -117,15 +121,24 @@ def unsupported_tiny(tiny_path, tmp_path):
 
 
 def test_trainer_switches_policy_and_reference(tiny_path, tmp_path):
-    """With a separate reference model both run the shared-prompt attention; the names say over which base."""
-    from transformers import AutoModelForCausalLM
+    """With a separate reference model both run the shared-prompt attention while training (the names say over which
+    base), and both have their own implementation back once `train` returns."""
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    seen = []
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen.append((trainer.model.config._attn_implementation, trainer.ref_model.config._attn_implementation))
 
     ref_model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="eager")
     args = cpu_config(RankDPOConfig, tmp_path, shared_prompt_forward=True)
-    trainer = RankDPOTrainer(model=tiny_path, ref_model=ref_model, args=args, train_dataset=long_prompt_data())
-    assert trainer.model.config._attn_implementation == shared_prompt_attention_name("sdpa")
-    assert trainer.ref_model.config._attn_implementation == shared_prompt_attention_name("eager")
+    trainer = RankDPOTrainer(
+        model=tiny_path, ref_model=ref_model, args=args, train_dataset=long_prompt_data(), callbacks=[Record()]
+    )
     trainer.train()
+    assert seen and set(seen) == {(shared_prompt_attention_name("sdpa"), shared_prompt_attention_name("eager"))}
+    assert (trainer.model.config._attn_implementation, ref_model.config._attn_implementation) == ("sdpa", "eager")
     assert all(math.isfinite(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry)
 
 

@@ -306,4 +306,8 @@ class TestTinyModel:
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
         assert out.shape == (2, inputs["input_ids"].shape[1] + 5)
-        assert isinstance(tokenizer.batch_decode(out[:, -5:]), list)
+        # Greedy: each first new token is the arg-max of the model's next-token logits for its (left-padded) prompt
+        with torch.no_grad():
+            next_token = model(**inputs).logits[:, -1].argmax(dim=-1)
+        assert torch.equal(out[:, inputs["input_ids"].shape[1]], next_token)
+        assert all(text.strip() for text in tokenizer.batch_decode(out[:, -5:], skip_special_tokens=True))

@@ -1,9 +1,9 @@
 """The listwise forward: per-completion log-probs of a ranked batch, from K rows per prompt or one packed row.
 
-[`listwise_forward`] is the one forward the trainers call (policy and, through [`ReferenceForward`], reference). The
-default batch holds `K * B` rows `[prompt + completion_k]`, so every prompt is encoded K times. The shared-prompt
-batch ([`trl_rankalign.data.shared_prompt_collator`]) encodes each prompt once: one packed row per prompt, its K
-completions as branches of it:
+[`listwise_forward`] is the one forward the trainers call (policy and reference, under the trainer's reference
+context). The default batch holds `K * B` rows `[prompt + completion_k]`, so every prompt is encoded K times. The
+shared-prompt batch ([`trl_rankalign.data.shared_prompt_collator`]) encodes each prompt once: one packed row per
+prompt, its K completions as branches of it:
 
 ```
 row b:   [ p_0 … p_{P-2} | p_{P-1} y_1[0] … y_1[L_1-2] | p_{P-1} y_2[0] … y_2[L_2-2] | … | pad … ]
@@ -31,32 +31,31 @@ Attention: the packed row is never masked densely. [`trl_rankalign.shared_prompt
 function with transformers' attention interface that splits the attention by structure (the prefix causally among
 itself; each branch over [prefix ; itself, causally]) from a [`SharedPromptLayout`] built once per forward from
 `segment_ids` and `position_ids` and passed down to every layer as the keyword argument `shared_prompt_layout`. The
-model is switched to that function (over its own sdpa, eager, flex or flash implementation) when a trainer enables the
-shared path, or here on its first shared-prompt batch, and stays switched: its unshared calls still run its own
-implementation (flash excepted, see that module). Sliding windows come from the
+model is switched to that function (over its own sdpa, eager, flex or flash implementation) for as long as a trainer
+runs `train`/`evaluate`/`predict`, or here for one forward when it is not switched already, and set back to its own
+implementation afterwards ([`shared_prompt_attention_enabled`]): nothing stays on the user's model. Sliding windows come from the
 `sliding_window` each attention module passes (config-level or per layer), measured in position ids as the unshared
 row's mask measures them. The batch stays compact: nothing of size `(P + sum_k L_k)^2` is built.
 """
 
 from contextlib import contextmanager
 from functools import partial
-from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
 
 from .shared_prompt_attention import (
     SharedPromptLayout,
-    enable_shared_prompt_attention,
+    is_shared_prompt_attention_on,
+    layout_sentinel_mask,
+    shared_prompt_attention_enabled,
     shared_prompt_attention_support,
 )
 
 
 __all__ = [
     "ListwiseForward",
-    "ReferenceForward",
     "listwise_forward",
-    "reference_inputs",
     "scored_positions",
     "shared_prompt_support",
 ]
@@ -160,12 +159,24 @@ def _shared_prompt_forward(model, batch: dict[str, torch.Tensor]) -> ListwiseFor
     """One forward of the packed rows of [`pack_shared_prompt`] through the shared-prompt attention; per-position values
     are unpacked to the unshared `(K * B, T)` layout with `completion_positions`."""
     batch_size, num_completions = batch["list_mask"].shape
-    enable_shared_prompt_attention(_unwrap(model))
+    inner = _unwrap(model)
+    if is_shared_prompt_attention_on(inner):  # a trainer holds the switch (through the backward)
+        return _packed_forward(model, batch, batch_size, num_completions)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    if torch.is_grad_enabled() and base.training and getattr(base, "is_gradient_checkpointing", False):
+        raise RuntimeError(
+            "With gradient checkpointing, the backward recomputes the layers after this forward returns: run it "
+            "inside `with trl_rankalign.shared_prompt_attention.shared_prompt_attention_enabled(model):` (through the "
+            "backward), as the trainers do."
+        )
+    with shared_prompt_attention_enabled(inner):  # one forward; the model's own attention is set back after it
+        return _packed_forward(model, batch, batch_size, num_completions)
+
+
+def _packed_forward(model, batch, batch_size: int, num_completions: int) -> ListwiseForward:
     input_ids, position_ids = batch["input_ids"], batch["position_ids"]
     layout = SharedPromptLayout(batch["segment_ids"], position_ids)
-    # An empty 4-D mask: transformers' mask creation returns a 4-D mask as is, so it builds none; the attention reads
-    # the layout instead (and any other attention function would fail on it loudly rather than attend wrongly)
-    no_mask = torch.ones(input_ids.size(0), 1, 0, 0, dtype=torch.bool, device=input_ids.device)
+    no_mask = layout_sentinel_mask(input_ids.size(0), input_ids.device)  # the attention reads the layout instead
     # (B, K, T) -> (K * B, T), completion-major like the unshared rows (row k * B + b: prompt b's rank-k completion)
     completion_positions, completion_mask = (
         batch[name].transpose(0, 1).flatten(0, 1) for name in ("completion_positions", "completion_mask")
@@ -257,32 +268,3 @@ def scored_positions(model, flat_positions: torch.Tensor, length: int):
         yield seen
     finally:
         handle.remove()
-
-
-class ReferenceForward(torch.nn.Module):
-    """
-    The listwise forward of one batch, shaped as the model call that `DPOTrainer.compute_ref_log_probs` makes.
-
-    TRL 1.16's `DPOTrainer.compute_ref_log_probs(model, inputs)` is the one place that knows how the reference is run
-    (no grad, gradient checkpointing off, the PEFT adapter disabled or the `"ref"` adapter on, autocast). It calls
-    `model(**inputs, labels=..., fused_lm_head=True).log_probs`, sums dim 1 and splits the rows into two halves. This
-    adapter is that `model` for a ranked batch: its `log_probs` are the `(K * B, 1)` completion log-probs of
-    [`listwise_forward`], so TRL's sum is the identity and concatenating its halves gives them back.
-    [`reference_inputs`] is the matching `inputs`. Tested against the unshared, shared-prompt and PEFT references
-    (tests/test_rank_dpo_trainer.py), so a change of TRL's method under it fails there.
-    """
-
-    def __init__(self, model, batch: dict[str, torch.Tensor]):
-        super().__init__()
-        self.model, self.batch = model, batch
-
-    def forward(self, **_trl_model_kwargs) -> SimpleNamespace:
-        logps = listwise_forward(self.model, self.batch).logps  # (B, K)
-        return SimpleNamespace(log_probs=logps.T.reshape(-1, 1))  # (K * B, 1), completion-major
-
-
-def reference_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The `inputs` that go with [`ReferenceForward`]: one placeholder token per completion, no completion tokens."""
-    num_rows = batch["list_mask"].numel()
-    placeholder = torch.zeros(num_rows, 1, dtype=torch.long, device=batch["list_mask"].device)
-    return {"input_ids": placeholder, "completion_mask": placeholder}

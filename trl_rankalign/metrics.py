@@ -3,7 +3,8 @@
 Every function takes ``rewards (B, K)`` (the policy's implicit rewards or scores), ``scores (B, K)`` (the labels,
 higher is better) and ``mask (B, K)`` (False at padded slots) and returns per-prompt values ``(B,)`` with NaN where
 the metric is undefined for that prompt (no strictly ordered pair, or a constant list); callers gather across
-processes and take ``nanmean``. Pure torch, no grad.
+processes and take ``nanmean``. Pure torch, no grad. Computed in float64 (returned as float32): float32 would merge near-tied rewards or
+scores (e.g. 0.1 and 0.1 + 1e-9) into ties, which changes tau-b and NDCG (scipy and scikit-learn work in float64).
 """
 
 import torch
@@ -21,11 +22,11 @@ def _pair_masks(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor)
 @torch.no_grad()
 def pairwise_accuracy(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Fraction of strictly ordered pairs (by score) that the rewards order the same way, strictly. ``(B,)``."""
-    pairs, score_diff, reward_diff = _pair_masks(rewards.float(), scores.float(), mask)
+    pairs, score_diff, reward_diff = _pair_masks(rewards.double(), scores.double(), mask)
     ordered = pairs & (score_diff != 0)
     correct = (ordered & (score_diff == reward_diff)).sum(dim=(1, 2)).float()
     total = ordered.sum(dim=(1, 2)).float()
-    return torch.where(total > 0, correct / total.clamp(min=1), torch.nan)
+    return torch.where(total > 0, correct / total.clamp(min=1), torch.nan).float()
 
 
 @torch.no_grad()
@@ -34,13 +35,13 @@ def kendall_tau(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor)
 
     tau_b = (C - D) / sqrt((n0 - n_rewards_tied) * (n0 - n_scores_tied)), n0 the number of pairs.
     """
-    pairs, score_diff, reward_diff = _pair_masks(rewards.float(), scores.float(), mask)
-    pairs = pairs.float()
+    pairs, score_diff, reward_diff = _pair_masks(rewards.double(), scores.double(), mask)
+    pairs = pairs.double()
     concordance = (score_diff * reward_diff * pairs).sum(dim=(1, 2))  # C - D
-    untied_scores = ((score_diff != 0).float() * pairs).sum(dim=(1, 2))  # n0 - n2
-    untied_rewards = ((reward_diff != 0).float() * pairs).sum(dim=(1, 2))  # n0 - n1
+    untied_scores = ((score_diff != 0).double() * pairs).sum(dim=(1, 2))  # n0 - n2
+    untied_rewards = ((reward_diff != 0).double() * pairs).sum(dim=(1, 2))  # n0 - n1
     denominator = (untied_scores * untied_rewards).sqrt()
-    return torch.where(denominator > 0, concordance / denominator.clamp(min=1e-12), torch.nan)
+    return torch.where(denominator > 0, concordance / denominator.clamp(min=1e-12), torch.nan).float()
 
 
 @torch.no_grad()
@@ -64,13 +65,13 @@ def ndcg(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> tor
     ties by the (best-first) slot position would give. NaN where IDCG = 0 (fewer than two valid items, or all valid
     scores equal); scikit-learn returns 0 there.
     """
-    rewards, scores = rewards.float(), scores.float()
+    rewards, scores = rewards.double(), scores.double()
     K = scores.size(1)
-    big = torch.finfo(torch.float32).max
+    big = torch.finfo(torch.float64).max
     min_score = torch.where(mask, scores, big).min(dim=1, keepdim=True).values  # (B, 1)
     gains = torch.where(mask, scores - min_score, 0.0)  # (B, K) >= 0, 0 at padded slots
 
-    positions = torch.arange(1, K + 1, device=scores.device, dtype=torch.float32)
+    positions = torch.arange(1, K + 1, device=scores.device, dtype=torch.float64)
     discounts = 1.0 / torch.log2(1.0 + positions)  # (K,)
     cum_discounts = torch.cat([discounts.new_zeros(1), discounts.cumsum(0)])  # (K + 1,) D[0..K]
 
@@ -84,4 +85,4 @@ def ndcg(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> tor
     dcg = torch.where(mask, gains * mean_discount, 0.0).sum(dim=1)  # (B,)
 
     ideal = (gains.sort(dim=1, descending=True).values * discounts).sum(dim=1)  # (B,)
-    return torch.where(ideal > 0, dcg / ideal.clamp(min=1e-12), torch.nan)
+    return torch.where(ideal > 0, dcg / ideal.clamp(min=1e-12), torch.nan).float()

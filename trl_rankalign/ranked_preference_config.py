@@ -19,11 +19,22 @@ class RankedPreferenceConfig(DPOConfig):
     `sync_ref_model`.
 
     A subclass whose loss uses no reference model sets the class attribute `reference_free = True`. Then `ref_model`
-    is refused by the trainer and `precompute_ref_log_probs` is set to `True`: that is `DPOTrainer`'s public switch
-    for holding no reference model (nothing is computed: the trainer's precompute step returns the data unchanged).
-    `beta` has no effect there.
+    is refused by the trainer and `beta` has no effect (see `precompute_ref_log_probs` below for how no reference copy
+    is loaded).
+
+    Reference log-probs given with the data win: a `ref_logps` column (K floats per row, in the row's completion
+    order) is used as is, with `precompute_ref_log_probs` on or off, and nothing is precomputed for a dataset that has
+    one; without it, the reference log-probs are precomputed (`precompute_ref_log_probs=True`) or computed live.
 
     Parameters:
+        precompute_ref_log_probs (`bool`, *optional*):
+            As in `DPOConfig`: precompute the reference log-probs once, before training, and hold no reference model.
+            `None` (default) resolves to `False` (TRL's default) for losses with a reference and to `True` for
+            reference-free ones: that is `DPOTrainer`'s public switch for loading no reference copy (nothing is
+            computed). A reference-free trainer accepts `False` only with PEFT (then DPOTrainer holds no reference
+            copy either, and does not hash the model) and refuses it otherwise, since DPOTrainer would load a full
+            reference copy. Under FSDP without PEFT, TRL 1.16's `DPOTrainer` loads a reference copy while precomputing
+            whatever this says (it frees it afterwards); the trainer warns.
         shared_prompt_forward (`bool`, *optional*):
             Encode each prompt once for its K completions: one packed row per prompt, its completions attending to the
             prompt's keys/values through a registered attention function (the same log-probs as K separate rows).
@@ -33,6 +44,13 @@ class RankedPreferenceConfig(DPOConfig):
     reference_free: ClassVar[bool] = False
     trainer_name: ClassVar[str] = "RankedPreferenceTrainer"  # for error messages
 
+    precompute_ref_log_probs: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Precompute the reference log-probs before training and hold no reference model. None: False, "
+            "or True for reference-free losses (which then load no reference copy)."
+        },
+    )
     shared_prompt_forward: bool | None = field(
         default=None,
         metadata={
@@ -42,10 +60,10 @@ class RankedPreferenceConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        if self.precompute_ref_log_probs is None:
+            self.precompute_ref_log_probs = self.reference_free
         super().__post_init__()
         self._reject_pairwise_only_options()
-        if self.reference_free:
-            self.precompute_ref_log_probs = True
 
     def _reject_pairwise_only_options(self) -> None:
         if list(self.loss_type) != ["sigmoid"]:

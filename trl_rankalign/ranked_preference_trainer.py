@@ -9,22 +9,29 @@ precomputation and its cache, `log`, `evaluate`, checkpoints, model cards). The 
 - the collator: [`DataCollatorForRankedPreference`] (completion-major stacking, `list_mask`, `scores`), or its
   shared-prompt counterpart;
 - `_set_signature_columns_if_needed`: keeps the ranked columns;
-- `compute_ref_log_probs`: reference log-probs of all K completions, through TRL's own method (see
-  [`trl_rankalign.forward.ReferenceForward`]); `_precompute_ref_logps` only swaps in the K-completion collator;
-- `_compute_loss`: one [`listwise_forward`], one call to the subclass's `ranked_loss`, then the metrics.
+- `compute_ref_log_probs`: reference log-probs of all K completions with the package's own [`listwise_forward`],
+  under the reference context of [`RankedPreferenceTrainer.reference_context`] (no grad, checkpointing off, the PEFT
+  adapter disabled through TRL's public `use_adapter`, autocast); `_precompute_ref_logps` swaps in the K-completion
+  collator for TRL's precomputation and cache;
+- `_compute_loss`: one [`listwise_forward`], one call to the subclass's `ranked_loss`, then the metrics;
+- `train`/`evaluate`/`predict`: with the shared-prompt forward on, the policy and reference run the shared-prompt
+  attention for the call and get their own attention implementation back when it returns.
 
 Subclasses pair with a [`RankedPreferenceConfig`] subclass (`config_class`) and implement `ranked_loss`.
 """
 
 import json
 import logging
+from contextlib import contextmanager, nullcontext
 
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
+from transformers import ProcessorMixin
 from trl import DPOTrainer
 from trl.data_utils import common_prefix_length, is_conversational
-from trl.trainer.utils import global_then_local_main_first
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import global_then_local_main_first, use_adapter
 
 from . import metrics as ranking_metrics
 from .data.adapters import column_names
@@ -39,8 +46,8 @@ from .data.schema import (
     validate_tokenized_example,
 )
 from .data.shared_prompt_collator import DataCollatorForSharedPromptRankedPreference
-from .forward import ListwiseForward, ReferenceForward, listwise_forward, reference_inputs, shared_prompt_support
-from .shared_prompt_attention import enable_shared_prompt_attention
+from .forward import ListwiseForward, listwise_forward, shared_prompt_support
+from .shared_prompt_attention import shared_prompt_attention_enabled
 
 
 logger = logging.getLogger(__name__)
@@ -87,8 +94,8 @@ class RankedPreferenceTrainer(DPOTrainer):
             args = self.config_class(f"{str(name).rstrip('/').split('/')[-1]}-{self._name}")
         elif not isinstance(args, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}")
-        if args.reference_free and ref_model is not None:
-            raise ValueError(f"{type(self).__name__} is reference-free: do not pass a `ref_model`.")
+        if args.reference_free:
+            _check_reference_free(type(self).__name__, args, model, ref_model, peft_config)
         if train_dataset is not None:  # DPOTrainer reads its first row before anything else (a bare StopIteration)
             require_non_empty(train_dataset, "train")
         if args.reference_free:  # DPOTrainer would report its precompute-with-vision error, which would mislead
@@ -98,6 +105,8 @@ class RankedPreferenceTrainer(DPOTrainer):
         self.shared_prompt_forward = False  # resolved from the config when the train split is prepared
         self._shared_prompt_decided = False
         self._shared_prompt_auto = False
+        self._shared_prompt_checked = False
+        self._shared_prompt_saving = None  # share of tokens packing removes on the sampled training rows
         self.max_num_completions = None  # K of the training data's longest list (None for an IterableDataset)
         super().__init__(
             model=model,
@@ -119,6 +128,8 @@ class RankedPreferenceTrainer(DPOTrainer):
             # `precompute_ref_log_probs=True` only kept DPOTrainer from loading a reference copy (see
             # `RankedPreferenceConfig`); nothing was precomputed, and `evaluate` must not look for reference log-probs
             self.precompute_ref_logps = False
+            if self.ref_model is not None:  # DPOTrainer's FSDP precompute path loaded one: do not keep it
+                self.ref_model = None
         self._shared_prompt_model_check()
         if data_collator is None:  # DPOTrainer built its pairwise collator (and resolved the pad token): replace it
             self.data_collator = self._ranked_collator()
@@ -131,7 +142,7 @@ class RankedPreferenceTrainer(DPOTrainer):
         if self.shared_prompt_forward:
             collator_class = DataCollatorForSharedPromptRankedPreference
         return collator_class(
-            pad_token_id=self._tokenizer.pad_token_id,
+            pad_token_id=_text_tokenizer(self.processing_class).pad_token_id,
             max_length=self.args.max_length,
             truncation_mode=self.args.truncation_mode,
             pad_to_multiple_of=self.args.pad_to_multiple_of,
@@ -155,7 +166,10 @@ class RankedPreferenceTrainer(DPOTrainer):
                     "(prompt_ids, completion_ids, scores)."
                 )
             function = _tokenize_ranked_example
-            fn_kwargs = {"processing_class": processing_class, "eos_token": self._tokenizer.eos_token}
+            fn_kwargs = {
+                "processing_class": processing_class,
+                "eos_token": _text_tokenizer(processing_class).eos_token,
+            }
         # Not read by the functions: it enters the dataset fingerprint, which keys TRL's reference log-prob cache, and
         # the reference log-probs depend on how the collator truncates
         fn_kwargs["cache_key"] = (args.max_length, args.truncation_mode)
@@ -197,30 +211,35 @@ class RankedPreferenceTrainer(DPOTrainer):
                 raise ValueError("shared_prompt_forward needs truncation_mode='keep_start'.")
             setting = False
         self._shared_prompt_auto = setting is None
+        if self._shared_prompt_auto and isinstance(dataset, Dataset):
+            self._shared_prompt_saving = _token_saving(dataset)
         self.shared_prompt_forward = _decide_shared_prompt(dataset, setting)
 
     def _shared_prompt_model_check(self) -> None:
-        """The model is only known once `Trainer.__init__` ran: auto mode falls back (logging why, once) for a model the
-        packed forward cannot run exactly; an explicit `shared_prompt_forward=True` raises naming the model. Otherwise
-        the policy and the reference model are switched to the shared-prompt attention here (their unshared calls keep
-        their own implementation; see [`trl_rankalign.shared_prompt_attention`])."""
-        if not self.shared_prompt_forward:
+        """The model is only known once `Trainer.__init__` ran: auto mode falls back (logging why, once) for a model
+        the packed forward cannot run exactly, found by [`shared_prompt_support`] (which probes the model with a tiny
+        packed forward); an explicit `shared_prompt_forward=True` raises naming the model. Nothing is switched here:
+        [`_shared_prompt_attention`] switches the models for each `train`/`evaluate`/`predict` call."""
+        if not self.shared_prompt_forward or self._shared_prompt_checked:
             return
+        self._shared_prompt_checked = True
         model = self.accelerator.unwrap_model(self.model)
         ref_model = getattr(self, "ref_model", None)
         models = [model] + ([self.accelerator.unwrap_model(ref_model)] if ref_model is not None else [])
-        reasons = list(dict.fromkeys(reason for each in models for reason in shared_prompt_support(each)))
+        reasons = []
         if self.aux_loss_enabled:
             reasons.append("the MoE router auxiliary loss")
         if is_peft_model(model) and model.active_peft_config.is_prompt_learning:
             reasons.append("prompt-learning PEFT")
         if not reasons:
-            try:
-                for each in models:
-                    enable_shared_prompt_attention(each)
-                return
-            except ValueError as error:  # a model that does not let its attention implementation be set
-                reasons.append(str(error))
+            reasons = list(dict.fromkeys(reason for each in models for reason in shared_prompt_support(each)))
+        if not reasons:
+            if self._shared_prompt_auto:
+                saving = (
+                    "" if self._shared_prompt_saving is None else f": {self._shared_prompt_saving:.0%} fewer tokens"
+                )
+                logger.info("shared_prompt_forward (auto) on for %s%s.", type(model).__name__, saving)
+            return
         if not self._shared_prompt_auto:
             raise ValueError(
                 f"shared_prompt_forward=True cannot run {type(model).__name__} exactly: {'; '.join(reasons)}. "
@@ -228,6 +247,32 @@ class RankedPreferenceTrainer(DPOTrainer):
             )
         logger.warning("shared_prompt_forward (auto) stays off for %s: %s.", type(model).__name__, "; ".join(reasons))
         self.shared_prompt_forward = False
+
+    @contextmanager
+    def _shared_prompt_attention(self):
+        """With the shared-prompt forward on: the policy and the reference run the shared-prompt attention inside the
+        block (through every backward, for gradient checkpointing) and get their own implementation back after it.
+        Blocks nest (`train` calls `evaluate`)."""
+        if not self.shared_prompt_forward:
+            yield
+            return
+        models = [self.accelerator.unwrap_model(self.model)]
+        if getattr(self, "ref_model", None) is not None:
+            models.append(self.accelerator.unwrap_model(self.ref_model))
+        with shared_prompt_attention_enabled(*models):
+            yield
+
+    def train(self, *args, **kwargs):
+        with self._shared_prompt_attention():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with self._shared_prompt_attention():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._shared_prompt_attention():
+            return super().predict(*args, **kwargs)
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -241,13 +286,29 @@ class RankedPreferenceTrainer(DPOTrainer):
             ]
 
     # ------------------------------------------------------------------------------------------ reference
+    @contextmanager
+    def reference_context(self):
+        """The context of every reference forward: no grad, the policy's gradient checkpointing off, the PEFT adapter
+        disabled (or TRL's `"ref"` adapter active) when the reference is the policy's base (as TRL does, through its
+        public `use_adapter`), and the accelerator's autocast."""
+        adapter = nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            adapter,
+            self.accelerator.autocast(),
+        ):
+            yield
+
     def compute_ref_log_probs(self, model, inputs):
         """Reference log-probs of a ranked batch as TRL's `(chosen, rejected)` pair generalised to K: the top-ranked
-        completion's `(B,)` and the others' `(B, K - 1)`. Run by TRL's own method (its no-grad, checkpointing,
-        PEFT-adapter and autocast context) through [`ReferenceForward`]."""
-        batch_size, num_completions = inputs["list_mask"].shape
-        halves = super().compute_ref_log_probs(ReferenceForward(model, inputs), reference_inputs(inputs))
-        ref_logps = torch.cat(halves).view(num_completions, batch_size).T  # (B, K)
+        completion's `(B,)` and the others' `(B, K - 1)`, from the package's own [`listwise_forward`] of `model` under
+        [`reference_context`]."""
+        with self.reference_context():
+            ref_logps = listwise_forward(model, inputs).logps  # (B, K)
         return ref_logps[:, 0], ref_logps[:, 1:]
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
@@ -258,18 +319,25 @@ class RankedPreferenceTrainer(DPOTrainer):
             return dataset
         if not isinstance(dataset, Dataset):  # TRL raises its own error for an IterableDataset
             return super()._precompute_ref_logps(dataset, name, batch_size)
+        if "ref_logps" in dataset.column_names:  # the user's reference log-probs win (see RankedPreferenceConfig)
+            logger.info("The %s dataset has a `ref_logps` column: its reference log-probs are used as given.", name)
+            return dataset
         self._shared_prompt_model_check()  # precomputation runs inside DPOTrainer.__init__, before our own check
         pairwise_collator = self.data_collator
         self.data_collator = self._ranked_collator(pad_to_num_completions=max(len(s) for s in dataset["scores"]))
         try:
-            return super()._precompute_ref_logps(dataset, name, batch_size)
+            with self._shared_prompt_attention():
+                return super()._precompute_ref_logps(dataset, name, batch_size)
         finally:
             self.data_collator = pairwise_collator
 
     def reference_logps(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`(B, K)` reference log-probs: precomputed ones from the batch, else a reference forward."""
-        if self.precompute_ref_logps:
+        """`(B, K)` reference log-probs: the batch's own (a user's `ref_logps` column, or TRL's precomputed columns),
+        else a reference forward. One rule whatever `precompute_ref_log_probs` says: given log-probs always win."""
+        if "ref_logps" in inputs:
             return inputs["ref_logps"]
+        if self.precompute_ref_logps:
+            raise ValueError("precompute_ref_log_probs=True but the batch carries no reference log-probs.")
         top, others = self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, inputs)
         return torch.cat([top[:, None], others], dim=1)
 
@@ -292,7 +360,9 @@ class RankedPreferenceTrainer(DPOTrainer):
         loss, rewards = self.ranked_loss(forward, inputs)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * forward.aux_loss
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(forward.aux_loss).mean().item())
+            self._trl_metrics(mode)["aux_loss"].append(
+                self.accelerator.gather_for_metrics(forward.aux_loss).mean().item()
+            )
         self._log_ranked_metrics(mode, inputs, forward, rewards)
         if return_outputs:  # deprecated in TRL (the fused head builds no logits): recomputed, as TRL does
             with torch.no_grad():
@@ -306,13 +376,27 @@ class RankedPreferenceTrainer(DPOTrainer):
         top_mask = forward.completion_mask[:batch_size].bool()
         return -forward.per_token_logps[:batch_size][top_mask].mean()
 
+    # ------------------------------------------------------------------------ TRL's private state: the one place
+    # TRL 1.16's DPOTrainer has no public way to add a logged metric or to count trained tokens: its `log` averages the
+    # lists in `self._metrics[mode]` and reports `self._total_train_tokens` (counted once per tensor-parallel group,
+    # `self._tp_size`). These two methods are the only code of the package that touches that state;
+    # tests/test_seams.py::test_the_private_state_of_dpotrainer_we_rely_on fails if TRL renames or reshapes it.
+    def _trl_metrics(self, mode: str) -> dict[str, list]:
+        """DPOTrainer's per-mode metric lists (`"train"`/`"eval"`), which its `log` averages and clears."""
+        return self._metrics[mode]
+
+    def _count_train_tokens(self, num_tokens: int) -> int:
+        """Add `num_tokens` (gathered over processes) to DPOTrainer's `num_tokens` count; return the total."""
+        self._total_train_tokens += num_tokens // self._tp_size
+        return self._total_train_tokens
+
     # --------------------------------------------------------------------------------------------- metrics
     def log_loss_terms(self, terms: dict[str, torch.Tensor]) -> None:
         """Log scalar loss components (averaged across processes) under their names."""
         mode = "train" if self.model.training else "eval"
         values = self.accelerator.gather_for_metrics(torch.stack([t.detach().float() for t in terms.values()])[None])
         for name, value in zip(terms, values.mean(dim=0).tolist()):
-            self._metrics[mode][name].append(value)
+            self._trl_metrics(mode)[name].append(value)
 
     def _gather_lists(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         # Processes may hold different K_max: pad dim 1 (zeros, and False for masks) before gathering
@@ -327,7 +411,7 @@ class RankedPreferenceTrainer(DPOTrainer):
 
     @torch.no_grad()
     def _log_ranked_metrics(self, mode, inputs, forward: ListwiseForward, rewards: torch.Tensor) -> None:
-        metrics = self._metrics[mode]
+        metrics = self._trl_metrics(mode)
         batch_size = forward.logps.size(0)
         local_mask = inputs["list_mask"]
         local_last = local_mask.sum(dim=1).clamp(min=1) - 1  # each list's bottom-ranked slot
@@ -348,15 +432,13 @@ class RankedPreferenceTrainer(DPOTrainer):
             metrics["mean_token_accuracy"].append(
                 self._token_mean(forward.is_top1[top_rows], completion_mask[top_rows])
             )
-        if mode == "train":
-            num_tokens = self.accelerator.gather_for_metrics(forward.num_tokens).sum().item()
-            self._total_train_tokens += num_tokens // self._tp_size
-        metrics["num_tokens"] = [self._total_train_tokens]
+        num_tokens = self.accelerator.gather_for_metrics(forward.num_tokens).sum().item() if mode == "train" else 0
+        metrics["num_tokens"] = [self._count_train_tokens(num_tokens)]
 
         # List-level metrics. One float32 dtype on every process: padding a bool mask can change its dtype on some
         # processes only
         rewards, logps, scores, mask = self._gather_lists(
-            rewards.float(), forward.logps.detach().float(), inputs["scores"].float(), local_mask.float()
+            rewards.double(), forward.logps.detach().float(), inputs["scores"].double(), local_mask.float()
         )
         mask = mask.bool()
         rows = torch.arange(mask.size(0), device=mask.device)
@@ -387,6 +469,31 @@ class RankedPreferenceTrainer(DPOTrainer):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _text_tokenizer(processing_class):
+    """The tokenizer of a processing class (a processor's own tokenizer), through public attributes only."""
+    return processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+
+
+def _check_reference_free(trainer_name: str, args, model, ref_model, peft_config) -> None:
+    """What a reference-free trainer refuses before `DPOTrainer.__init__` runs: a `ref_model`, and
+    `precompute_ref_log_probs=False` without PEFT (DPOTrainer would load a full reference copy). Under FSDP without
+    PEFT, TRL 1.16's DPOTrainer loads a reference copy to precompute whatever the config says: warned."""
+    if ref_model is not None:
+        raise ValueError(f"{trainer_name} is reference-free: do not pass a `ref_model`.")
+    peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
+    if not args.precompute_ref_log_probs and not peft:
+        raise ValueError(
+            f"{trainer_name} is reference-free, but precompute_ref_log_probs=False without PEFT makes DPOTrainer load a "
+            "full reference copy of the model. Leave precompute_ref_log_probs unset (None): no reference is loaded."
+        )
+    if args.precompute_ref_log_probs and not peft and args.fsdp:
+        logger.warning(
+            "%s is reference-free, but under FSDP TRL's DPOTrainer loads a reference copy of the model during "
+            "initialisation (freed afterwards). Use PEFT with precompute_ref_log_probs=False to avoid it.",
+            trainer_name,
+        )
+
+
 def _refuse_vision(dataset, name: str, trainer_name: str) -> None:
     """Vision data is refused up front (before TRL's own vision checks, whose messages would mislead)."""
     if dataset is None or isinstance(dataset, dict):
@@ -438,12 +545,19 @@ def _tokenize_ranked_example(example, index, processing_class, eos_token, cache_
     for k, ids in enumerate(full_ids):
         if len(ids) <= prompt_len:
             raise ValueError(f"row {index}, field 'completions[{order[k]}]': the completion tokenises to nothing")
-    return {
+    row = {
         "prompt_ids": prompt_ids[:prompt_len],
         "completion_ids": [ids[prompt_len:] for ids in full_ids],
         "completions": completions,
         "scores": scores,
     }
+    if example.get("ref_logps") is not None:  # the user's reference log-probs follow their completions' order
+        if len(example["ref_logps"]) != len(order):
+            raise ValueError(
+                f"row {index}, field 'ref_logps': {len(example['ref_logps'])} values for {len(order)} completions"
+            )
+        row["ref_logps"] = [float(example["ref_logps"][k]) for k in order]
+    return row
 
 
 def _sort_tokenized_example(example, index, cache_key):
@@ -458,6 +572,17 @@ def _sort_tokenized_example(example, index, cache_key):
     return sorted_row
 
 
+def _token_saving(dataset: Dataset, sample_rows: int = 1000) -> float:
+    """The share of tokens the shared-prompt packing removes on the first `sample_rows` rows (0 for no tokens)."""
+    rows = dataset.select_columns(["prompt_ids", "completion_ids"]).select(range(min(sample_rows, len(dataset))))
+    unshared = shared = 0
+    for row in rows:
+        prompt, completions = len(row["prompt_ids"]), [len(c) for c in row["completion_ids"]]
+        unshared += len(completions) * prompt + sum(completions)
+        shared += max(prompt - 1, 0) + sum(completions)
+    return 1 - shared / unshared if unshared > 0 else 0.0
+
+
 def _decide_shared_prompt(dataset: Dataset | IterableDataset, setting: bool | None, sample_rows: int = 1000) -> bool:
     """Resolve `shared_prompt_forward`: an explicit True/False, or None (auto) from the share of tokens it saves.
 
@@ -470,10 +595,4 @@ def _decide_shared_prompt(dataset: Dataset | IterableDataset, setting: bool | No
         return bool(setting)
     if isinstance(dataset, IterableDataset):
         return False
-    rows = dataset.select_columns(["prompt_ids", "completion_ids"]).select(range(min(sample_rows, len(dataset))))
-    unshared = shared = 0
-    for row in rows:
-        prompt, completions = len(row["prompt_ids"]), [len(c) for c in row["completion_ids"]]
-        unshared += len(completions) * prompt + sum(completions)
-        shared += max(prompt - 1, 0) + sum(completions)
-    return unshared > 0 and 1 - shared / unshared >= AUTO_SHARED_PROMPT_MIN_SAVING
+    return _token_saving(dataset, sample_rows) >= AUTO_SHARED_PROMPT_MIN_SAVING

@@ -29,19 +29,24 @@ unshared row's mask measures them: key `j` is visible to query `i` when `0 <= po
 Registration: [`enable_shared_prompt_attention`] registers, for the model's current implementation `base` (`sdpa`,
 `eager`, `flex_attention`, `flash_attention_2/3`), an attention function and a mask function under the name
 `rankalign_shared_prompt_<base>` (`…_fa2`/`…_fa3` for flash, as transformers treats any name containing "flash" as a
-flash kernel to load) and switches the model to it with the public `model.set_attn_implementation`. The switch is kept,
-not undone after each forward: gradient checkpointing recomputes the layers during the backward, after the forward has
-returned, and must find the same attention. Calls without shared-prompt metadata (an unshared batch, `generate`) run
-the base implementation with its own mask, so the model behaves as before for everything else
-(`model.set_attn_implementation(base)` restores the name; the name is never saved: `config.json` omits it). Over
-flash-attention such calls raise instead, saying to set the base back: transformers' flash wrapper loads its kernel by
-the implementation's name, which would then be ours. The
+flash kernel to load) and switches the model to it with the public `model.set_attn_implementation`.
+[`shared_prompt_attention_enabled`] holds the switch for a block and sets each model back to its own implementation
+when the block ends: the trainers hold it for the whole of `train`/`evaluate`/`predict` (gradient checkpointing
+recomputes the layers during the backward, after the forward has returned, and must find the same attention), and a
+bare [`trl_rankalign.forward.listwise_forward`] for its one forward. Calls without shared-prompt metadata inside the
+block (an unshared batch, `generate`) run the base implementation with its own mask; over flash-attention they raise
+instead, saying to set the base back (transformers' flash wrapper loads its kernel by the implementation's name, which
+would then be ours). The name is never saved: `config.json` omits it. The
 shared-prompt forward passes its [`SharedPromptLayout`] as the keyword argument `shared_prompt_layout`, which
-transformers forwards from the model call to every attention call, and an empty 4-D `attention_mask`, which
-transformers' mask creation returns as is (so it builds no mask at all).
+transformers forwards from the model call to every attention call, and an empty 4-D `attention_mask`
+([`layout_sentinel_mask`]), which transformers' mask creation returns as is (so it builds no mask at all). A decoder
+layer that does not pass the model's keyword arguments on hands attention that mask without the layout, which raises;
+[`probe_shared_prompt_attention`] finds such families before training.
 """
 
+import logging
 import sys
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -53,10 +58,16 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "SHARED_PROMPT_ATTENTION",
     "SharedPromptLayout",
     "enable_shared_prompt_attention",
+    "is_shared_prompt_attention_on",
+    "layout_sentinel_mask",
+    "probe_shared_prompt_attention",
+    "shared_prompt_attention_enabled",
     "shared_prompt_attention",
     "shared_prompt_attention_name",
     "shared_prompt_attention_support",
@@ -429,6 +440,13 @@ def shared_prompt_attention(
     Returns:
         `(B, L, H, D)` attention output (as transformers' attention functions return it) and no weights.
     """
+    if shared_prompt_layout is None and _is_layout_sentinel(attention_mask):
+        # The shared-prompt forward passes this empty mask and the layout together; a layer that drops the model's
+        # keyword arguments (Falcon, StableLM, ...) hands attention the mask alone
+        raise ValueError(
+            f"{type(module).__name__} was called without the shared-prompt layout: its decoder layer does not pass "
+            "the model's keyword arguments to attention, so the shared-prompt forward cannot run this model."
+        )
     if shared_prompt_layout is None:  # not a shared-prompt batch: the model's own implementation, untouched
         options = {"dropout": dropout, "scaling": scaling, "sliding_window": sliding_window, "softcap": softcap}
         if base == "sdpa":
@@ -458,6 +476,18 @@ def shared_prompt_attention(
     return output, None
 
 
+def _is_layout_sentinel(attention_mask) -> bool:
+    """The empty 4-D mask the shared-prompt forward passes instead of a real one (see `layout_sentinel_mask`)."""
+    return isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4 and attention_mask.size(-1) == 0
+
+
+def layout_sentinel_mask(batch_size: int, device) -> torch.Tensor:
+    """The `attention_mask` of a shared-prompt forward: an empty `(B, 1, 0, 0)` bool tensor. transformers' mask
+    creation returns a 4-D mask as is, so it builds none; the attention reads the layout instead, and any attention
+    function that gets this mask without the layout fails on it rather than attending across completions."""
+    return torch.ones(batch_size, 1, 0, 0, dtype=torch.bool, device=device)
+
+
 # ------------------------------------------------------------------------------------------------ registration
 def _register(base: str) -> str:
     name = shared_prompt_attention_name(base)
@@ -478,11 +508,13 @@ def _pretrained(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def shared_prompt_attention_support(model) -> list[str]:
+def shared_prompt_attention_support(model, probe: bool = True) -> list[str]:
     """Why the shared-prompt attention cannot run `model` exactly (empty when it can).
 
     It needs an implementation it runs on (`sdpa`, `eager`, `flex_attention`, `flash_attention_2/3`; its own name
-    counts as its base), only full or sliding-window attention layers, and for eager the model family's eager function.
+    counts as its base), only full or sliding-window attention layers, for eager the model family's eager function,
+    and decoder layers that hand the layout to attention: with `probe`, [`probe_shared_prompt_attention`] runs a
+    seven-token forward both ways and compares (not assumed from the family).
     """
     config = _text_config(model)
     implementation = config._attn_implementation
@@ -497,7 +529,87 @@ def shared_prompt_attention_support(model) -> list[str]:
         reasons.append(f"layer types {sorted(other_layers)} (only full and sliding-window attention are supported)")
     if base == "eager" and model_eager_attention(_pretrained(model)) is None:
         reasons.append(f"{type(model).__name__}'s modeling file defines no eager_attention_forward")
+    if probe and not reasons:
+        reasons += probe_shared_prompt_attention(model)
     return reasons
+
+
+def _unmaterialised(model) -> bool:
+    """Parameters that a forward outside the distributed wrapper cannot read: meta, ZeRO-3 partitioned or DTensor."""
+    for parameter in model.parameters():
+        if parameter.device.type == "meta" or hasattr(parameter, "ds_id") or type(parameter).__name__ == "DTensor":
+            return True
+    return False
+
+
+def probe_shared_prompt_attention(model) -> list[str]:
+    """
+    Run `model` on one tiny ranked list both ways and say why the shared-prompt forward is not exact on it (empty when
+    it is): a prompt of 3 tokens with 2 completions of 2 tokens, as the packed row `[p0 p1 | p2 c0 | p2 d0]` (positions
+    `0 1 | 2 3 | 2 3`) under the shared-prompt attention, and as the unshared rows `[p0 p1 p2 c0 c1]` and
+    `[p0 p1 p2 d0 d1]` under the model's own attention; every packed position's log-softmax must equal the unshared
+    row's at the same position (float32: to 1e-4 absolute + 1e-4 relative; half precision, whose rounding the two
+    orders of summation meet differently: 0.25 + 5%, loose enough for bf16 noise, not for attention across
+    completions). A decoder layer that does not pass the layout on to attention (Falcon, StableLM, Nemotron, ...)
+    makes the packed forward fail (the empty mask reaches attention without the layout) or attend across completions;
+    either is reported.
+
+    The model is left as it was (attention implementation, train/eval mode of every module). Skipped (nothing reported)
+    when its parameters cannot be read outside a distributed wrapper (meta, ZeRO-3, FSDP's DTensors): the forward
+    itself then fails loudly on such a layer.
+    """
+    inner = _pretrained(model)
+    if _unmaterialised(inner):
+        logger.info(
+            "Shared-prompt probe skipped for %s: its parameters are sharded or not materialised.", type(inner).__name__
+        )
+        return []
+    parameter = next(inner.parameters())
+    device = parameter.device
+    vocab_size = _text_config(inner).vocab_size
+    tokens = [(7 * i + 3) % vocab_size for i in range(1, 8)]  # p0 p1 p2 c0 c1 d0 d1
+    p0, p1, p2, c0, c1, d0, d1 = tokens
+    as_long = partial(torch.tensor, dtype=torch.long, device=device)
+    packed, positions, segments = (
+        as_long([[p0, p1, p2, c0, p2, d0]]),
+        as_long([[0, 1, 2, 3, 2, 3]]),
+        as_long([[0, 0, 1, 1, 2, 2]]),
+    )
+    unshared = as_long([[p0, p1, p2, c0, c1], [p0, p1, p2, d0, d1]])
+    modes = {module: module.training for module in inner.modules()}
+    inner.eval()
+    try:
+        with torch.no_grad():
+            expected = inner(input_ids=unshared, use_cache=False).logits.float().log_softmax(-1)  # (2, 5, V)
+            expected = torch.cat([expected[0, :4], expected[1, 2:4]])  # at the packed row's positions
+            layout = SharedPromptLayout(segments, positions)
+            with shared_prompt_attention_enabled(model):
+                got = (
+                    inner(
+                        input_ids=packed,
+                        attention_mask=layout_sentinel_mask(1, device),
+                        position_ids=positions,
+                        shared_prompt_layout=layout,
+                        use_cache=False,
+                    )
+                    .logits.float()
+                    .log_softmax(-1)[0]
+                )  # (6, V)
+    except Exception as error:  # any failure of the packed forward is a reason to refuse it
+        return [f"a probe forward of the packed layout failed ({type(error).__name__}: {str(error)[:300]})"]
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if layout.calls == 0:
+        return ["its layers never called the shared-prompt attention (probe)"]
+    atol, rtol = (1e-4, 1e-4) if parameter.dtype in (torch.float32, torch.float64) else (0.25, 5e-2)
+    if not torch.isclose(got, expected, rtol=rtol, atol=atol).all():
+        difference = (got - expected).abs().max().item()
+        return [
+            f"a probe of the packed layout differs from the unshared rows by up to {difference:.3g} log-prob "
+            f"(tolerance {atol:g} + {rtol:g} relative): some layer does not hand the layout to attention"
+        ]
+    return []
 
 
 def enable_shared_prompt_attention(model) -> str:
@@ -508,7 +620,7 @@ def enable_shared_prompt_attention(model) -> str:
     Raises:
         ValueError: naming the model and the reason when the shared-prompt attention cannot run it exactly.
     """
-    reasons = shared_prompt_attention_support(model)
+    reasons = shared_prompt_attention_support(model, probe=False)
     if reasons:
         raise ValueError(f"The shared-prompt forward cannot run {type(model).__name__}: {'; '.join(reasons)}.")
     config = _text_config(model)
@@ -522,3 +634,33 @@ def enable_shared_prompt_attention(model) -> str:
                 "implementation be set (it does not use transformers' attention interface)."
             )
     return name
+
+
+def is_shared_prompt_attention_on(model) -> bool:
+    """Whether `model` currently runs the shared-prompt attention (over any base)."""
+    implementation = _text_config(model)._attn_implementation
+    return implementation is not None and implementation.startswith(SHARED_PROMPT_ATTENTION)
+
+
+@contextmanager
+def shared_prompt_attention_enabled(*models):
+    """
+    Switch each model to the shared-prompt attention ([`enable_shared_prompt_attention`]) for the block, and set each
+    one it switched back to its own implementation on exit (with the public `set_attn_implementation`), whatever
+    happens in the block. A model already switched is left to whoever switched it, so blocks nest.
+
+    Keep the block open through the backward when gradient checkpointing is on: the recomputed layers must find the
+    same attention. The trainers hold it for the whole of `train`, `evaluate` and `predict`.
+    """
+    switched = []
+    try:
+        for model in models:
+            if model is None or is_shared_prompt_attention_on(model):
+                continue
+            before = _text_config(model)._attn_implementation
+            enable_shared_prompt_attention(model)
+            switched.append((model, before))
+        yield
+    finally:
+        for model, before in reversed(switched):
+            _pretrained(model).set_attn_implementation(before)
