@@ -69,14 +69,15 @@ def test_resumes_and_redoes_a_round_whose_settings_changed(tiny_path, tmp_path, 
     assert len(calls) == 2 and (tmp_path / "round_0" / "samples.jsonl").read_text() != first
     assert [r["round"] for r in rounds(tmp_path)] == [0, 1]
 
-    calls.clear()  # so does another reward (its code is part of the settings)
+    calls.clear()  # so does another reward (its code is part of the settings); its samples stay valid: rescored only
     train_iterative(
         tiny_path,
         PROMPTS,
         config(tmp_path, num_rounds=1, max_new_tokens=8),
         reward=lambda p, c: [float(len(x)) for x in c],
     )
-    assert len(calls) == 1
+    assert len(calls) == 0
+    assert all(row["scores"] == [float(len(c)) for c in row["completions"]] for row in load_round_lists(tmp_path, 0))
 
 
 @pytest.mark.parametrize(
@@ -112,6 +113,7 @@ def test_unusable_samples_are_counted_and_a_round_without_lists_stops():
         "nonfinite_rewards": 4,
         "too_few_completions": 1,
         "fully_tied": 1,
+        "fully_tied_kept": 0,
         "accepted": 0,
         "lists": 1,
     }

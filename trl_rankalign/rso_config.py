@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-from .sampling.arguments import GenerationArguments, check_generation_arguments
+from .online.settings import SamplingArguments
 
 
 RSO_PAIRINGS = ("first_round", "tournament")
@@ -14,14 +14,14 @@ RSO_LOSS_TYPES = ("sigmoid", "hinge")
 
 
 @dataclass
-class RSOConfig(GenerationArguments, DPOConfig):  # mixin first: its fields go last, `output_dir` stays first
+class RSOConfig(SamplingArguments, DPOConfig):  # mixin first: its fields go last, `output_dir` stays first
     r"""
     Configuration for [`RSOSampler`]: DPO on preference pairs drawn by statistical rejection sampling (Liu et al. 2023,
     [arXiv:2309.06657](https://huggingface.co/papers/2309.06657)).
 
-    Extends [`~trl.DPOConfig`] with only the sampling fields below and the generation backend's
-    ([`~trl_rankalign.sampling.arguments.GenerationArguments`]: `generation_backend` `"transformers"`, `"server"` or
-    `"vllm"`, and the server's / vLLM's options). Two βs are involved: `rso_beta` is the sampler's β
+    Extends [`~trl.DPOConfig`] with only the sampling fields below: the online methods' shared sampling settings
+    ([`~trl_rankalign.online.settings.SamplingArguments`]: `generation_backend` `"transformers"`, `"server"` or
+    `"vllm"`, the server's / vLLM's options, and the decoding fields, whose defaults here are the paper's). Two βs are involved: `rso_beta` is the sampler's β
     of the target policy π_r(y|x) ∝ π_sft(y|x)·exp(r(x, y)/β) (the paper uses 0.5), while DPOConfig's `beta` is the
     loss's γ in σ(γΔ) / max(0, 1 − γΔ), whose default is changed here to the paper's 0.05. `loss_type` must be
     `"sigmoid"` (the paper's sigmoid-norm) or `"hinge"` (its hinge-norm); TRL's `"sigmoid_norm"` is a length
@@ -78,11 +78,18 @@ class RSOConfig(GenerationArguments, DPOConfig):  # mixin first: its fields go l
     )
     num_candidates: int = field(
         default=64,
-        metadata={"help": "Completions sampled from the SFT policy per prompt (the paper's N)."},
+        metadata={
+            "help": "Completions sampled from the starting (SFT) policy per prompt, the paper's N (>= "
+            "num_accepted). Default 64, the paper's; generation cost grows linearly with it."
+        },
     )
     num_accepted: int = field(
         default=8,
-        metadata={"help": "Candidates accepted per prompt by statistical rejection sampling (<= num_candidates)."},
+        metadata={
+            "help": "Candidates kept per prompt by statistical rejection sampling (2 <= k <= num_candidates); "
+            "they form num_accepted/2 pairs (first_round) or num_accepted-1 (tournament). Default 8, the "
+            "paper's."
+        },
     )
     rso_beta: float = field(
         default=0.5,
@@ -90,52 +97,71 @@ class RSOConfig(GenerationArguments, DPOConfig):  # mixin first: its fields go l
     )
     pairing: str = field(
         default="first_round",
-        metadata={"help": "Pairing of the accepted candidates.", "choices": list(RSO_PAIRINGS)},
+        metadata={
+            "help": "How accepted candidates become pairs, each labelled by reward: first_round (random disjoint "
+            "pairs, the paper's default) or tournament (a single-elimination bracket, more pairs per "
+            "prompt).",
+            "choices": list(RSO_PAIRINGS),
+        },
     )
     drop_tied_pairs: bool = field(
         default=True,
-        metadata={"help": "Drop pairs of candidates with equal rewards."},
+        metadata={
+            "help": "Drop pairs whose two candidates have equal rewards (they carry no preference; their count is "
+            "logged as rso/tied_pairs_dropped). Default True."
+        },
     )
     sampling_temperature: float = field(
         default=0.7,
-        metadata={"help": "Temperature of the candidate sampling."},
+        metadata={
+            "help": "Temperature (> 0) of the candidate sampling. Default 0.7, the paper's: diverse candidates "
+            "without degenerate text."
+        },
     )
     sampling_top_k: int = field(
         default=40,
-        metadata={"help": "Top-k of the candidate sampling (0 disables it)."},
-    )
-    sampling_top_p: float = field(
-        default=1.0,
-        metadata={"help": "Top-p of the candidate sampling (1.0 disables it)."},
+        metadata={"help": "Top-k of the candidate sampling (0: off). Default 40, the paper's."},
     )
     max_new_tokens: int = field(
         default=256,
-        metadata={"help": "Maximum number of new tokens per candidate."},
-    )
-    sampling_batch_size: int = field(
-        default=8,
-        metadata={"help": "Prompts per generate call (times num_candidates sequences)."},
+        metadata={
+            "help": "Length limit of each candidate, in tokens. Default 256 fits TL;DR summaries; raise it for "
+            "long answers."
+        },
     )
     reward_batch_size: int = field(
         default=16,
-        metadata={"help": "Sequences per forward of a reward model checkpoint."},
+        metadata={
+            "help": "Sequences scored per forward of a reward model checkpoint (memory vs speed; not used with a "
+            "callable reward)."
+        },
     )
     sampling_seed: int | None = field(
         default=None,
-        metadata={"help": "Seed of generation, acceptance and pairing; defaults to `seed`."},
+        metadata={
+            "help": "Seed of the candidate generation and of the acceptance and pairing draws (batch b is seeded "
+            "sampling_seed + b); None: the training seed."
+        },
     )
     samples_dir: str | None = field(
         default=None,
-        metadata={"help": "Where the sampled set is saved and reused; defaults to `<output_dir>/rso_samples`."},
+        metadata={
+            "help": "Folder where the candidates, the accepted set and the pairs are saved; a later run with the "
+            "same prompts, policy, reward and settings reuses them without generating. None: "
+            "<output_dir>/rso_samples."
+        },
     )
     reward_model_path: str | None = field(
         default=None,
-        metadata={"help": "Sequence-classification reward model used when the trainer gets no `reward_model`."},
+        metadata={
+            "help": "Path or hub id of a sequence-classification reward model (one logit, as TRL's RewardTrainer "
+            "trains it), used when the trainer is given no reward_model; the CLI and recipes set the "
+            "reward here."
+        },
     )
 
     def __post_init__(self):
         super().__post_init__()
-        check_generation_arguments(self)
         if list(self.loss_type) not in [[name] for name in RSO_LOSS_TYPES]:
             raise ValueError(
                 f"RSO trains with loss_type ['sigmoid'] (the paper's sigmoid-norm) or ['hinge'] (its hinge-norm), got "
@@ -168,3 +194,4 @@ class RSOConfig(GenerationArguments, DPOConfig):  # mixin first: its fields go l
             self.samples_dir = os.path.join(self.output_dir or ".", "rso_samples")
         if self.sampling_seed is None:
             self.sampling_seed = self.seed
+        self.check_sampling_arguments()

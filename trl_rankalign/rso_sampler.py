@@ -118,14 +118,7 @@ def _sampling(args: RSOConfig) -> tuple[Any, Decoding]:
     backend = options.pop("backend")
     if backend == "transformers":
         options["batch_size"] = args.sampling_batch_size
-    decoding = Decoding(
-        temperature=args.sampling_temperature,
-        top_k=args.sampling_top_k,
-        top_p=args.sampling_top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.sampling_seed,
-    )
-    return make_backend(backend, **options), decoding
+    return make_backend(backend, **options), Decoding(**args.decoding(), seed=args.sampling_seed)
 
 
 def _settings(prompts: list, model: Any, tokenizer: Any, reward: Any, args: RSOConfig) -> dict:
@@ -305,7 +298,7 @@ def _generate_and_score(
 ):  # fmt: skip
     """Load what is needed (the policy only when some candidates are missing and the backend runs it here), sample and
     score the prompts not yet in `cache_file`, rescore rows scored by another reward, free what was loaded here."""
-    backend, decoding = _sampling(args)
+    backend, _ = _sampling(args)
     policy = None
     if need_policy and backend.name != "server":
         policy = _load_policy(model, args, quantization_config)
@@ -329,10 +322,7 @@ def _generate_and_score(
         backend=backend,
         model_identity=settings["rows"]["model"],
         scorer_id=settings["scoring"]["reward"],
-        temperature=decoding.temperature,
-        top_k=decoding.top_k,
-        top_p=decoding.top_p,
-        max_new_tokens=decoding.max_new_tokens,
+        **args.decoding(),
     )
     del policy, scorer  # free what was loaded here (the caller keeps the objects it passed) before training
     gc.collect()

@@ -24,8 +24,10 @@ Each stage runs as its own process (`python -m trl_rankalign STAGE --config <out
 through `accelerate launch` when an accelerate config is set), so a stage's memory is freed before the next starts.
 The recipe actually run (the stage's YAML with `output_dir`, `inputs` and `overrides` applied) is saved as
 `rankalign_recipe.yaml` in the stage's output_dir. A stage is skipped on a rerun when its output_dir holds a saved
-model and the completion marker the stage writes when it ends ([`trl_rankalign.cli.stages.MARKER_FILE`]), and its saved
-recipe equals the one it would run now; `force=True` reruns everything.
+model and the completion marker the stage writes when it ends ([`trl_rankalign.cli.stages.MARKER_FILE`]), its saved
+recipe equals the one it would run now, and its inputs are the ones it ran on: `rankalign_inputs.json` holds, per input,
+the fingerprint of the earlier stage's weights files and of its completion marker, so an earlier stage that was rerun
+(retrained, even with the same recipe) reruns every stage that reads it. `force=True` reruns everything.
 """
 
 import json
@@ -35,11 +37,13 @@ from pathlib import Path
 
 import yaml
 
+from ..sampling.fingerprint import model_fingerprint, short_hash
 from .stage_runner import MARKER_FILE, is_finished, print_summary
 from .stages import STAGES
 
 
 RECIPE_FILE = "rankalign_recipe.yaml"
+INPUTS_FILE = "rankalign_inputs.json"
 _STAGE_KEYS = {"name", "stage", "config", "inputs", "overrides", "accelerate_config"}
 _PIPELINE_KEYS = {"output_dir", "accelerate_config", "stages"}
 
@@ -106,6 +110,20 @@ def stage_recipe(stage: dict, output_dirs: dict[str, str]) -> dict:
     return recipe
 
 
+def input_fingerprints(stage: dict, output_dirs: dict[str, str]) -> dict:
+    """`{recipe key: fingerprint}` of a stage's inputs: the earlier stage's weights files (and config) and its completion
+    marker, which every run of a stage rewrites; an input without a marker yet is `"unfinished"`."""
+    fingerprints = {}
+    for key, source in sorted((stage.get("inputs") or {}).items()):
+        folder = Path(output_dirs[source])
+        marker = folder / MARKER_FILE
+        if not marker.is_file():
+            fingerprints[key] = "unfinished"
+            continue
+        fingerprints[key] = f"{model_fingerprint(str(folder))}:{short_hash(marker.read_bytes())}"
+    return fingerprints
+
+
 def run_pipeline(
     config_path: str, output_dir: str | None = None, accelerate_config: str | None = None, force: bool = False
 ) -> dict:
@@ -118,14 +136,19 @@ def run_pipeline(
         recipe_text = yaml.safe_dump(stage_recipe(stage, output_dirs), sort_keys=False)
         saved_recipe = stage_output / RECIPE_FILE
         same_recipe = saved_recipe.is_file() and saved_recipe.read_text(encoding="utf-8") == recipe_text
-        if not force and is_finished(stage_output) and same_recipe:
+        inputs_text = json.dumps(input_fingerprints(stage, output_dirs), sort_keys=True)
+        saved_inputs = stage_output / INPUTS_FILE
+        same_inputs = saved_inputs.is_file() and saved_inputs.read_text(encoding="utf-8") == inputs_text
+        if not force and is_finished(stage_output) and same_recipe and same_inputs:
             print(f"[pipeline] {name}: finished earlier, skipped ({stage_output})", flush=True)
             continue
-        if is_finished(stage_output) and not same_recipe and not force:
-            print(f"[pipeline] {name}: its recipe changed since it finished, rerunning", flush=True)
+        if is_finished(stage_output) and not force:
+            reason = "its recipe changed" if not same_recipe else "an earlier stage it reads was rerun"
+            print(f"[pipeline] {name}: {reason} since it finished, rerunning", flush=True)
         (stage_output / MARKER_FILE).unlink(missing_ok=True)
         stage_output.mkdir(parents=True, exist_ok=True)
         saved_recipe.write_text(recipe_text, encoding="utf-8")
+        saved_inputs.write_text(inputs_text, encoding="utf-8")
         command = [sys.executable, "-m", "trl_rankalign", stage["stage"], "--config", str(saved_recipe)]
         launcher = stage.get("accelerate_config") or accelerate_config or spec.get("accelerate_config")
         if launcher:
