@@ -35,15 +35,37 @@ class PROConfig(RankedPreferenceConfig):
     trainer_name: ClassVar[str] = "PROTrainer"
     reference_free: ClassVar[bool] = True
 
-    sft_weight: float = field(default=0.05, metadata={"help": "Weight of the SFT term on the top completion."})
+    sft_weight: float = field(
+        default=0.05,
+        metadata={
+            "help": "Weight (>= 0) of the SFT term, the token-mean NLL of each list's top completion, added to "
+            "the ranking loss. Default 0.05, as the PRO authors' launch scripts pass; 0 turns the SFT "
+            "term off."
+        },
+    )
     scale_sft_weight_by_k: bool = field(
-        default=True, metadata={"help": "Multiply sft_weight by (K-1)^2, as the authors' code does."}
+        default=True,
+        metadata={
+            "help": "Multiply sft_weight by (K-1)^2, K the data's longest list, as the PRO authors' code does "
+            "(default True, to match it); False uses sft_weight as given."
+        },
     )
     temperature_mode: str = field(
         default="reward_difference",
-        metadata={"help": "Ranking weights.", "choices": list(TEMPERATURE_MODES)},
+        metadata={
+            "help": "Weights of the ranking terms: reward_difference (the paper's w = r_k - r_i, so larger reward "
+            "gaps weigh more) or constant (w = 1/temperature for every non-tied pair).",
+            "choices": list(TEMPERATURE_MODES),
+        },
     )
-    temperature: float = field(default=1.0, metadata={"help": "Temperature τ (constant mode), or weight divisor."})
+    temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Temperature tau (> 0): the constant mode's w = 1/tau; in the reward_difference mode every "
+            "weight is divided by it. Default 1.0 is the paper; raise it when large score gaps make a "
+            "list's weights exceed 1e4 (refused)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

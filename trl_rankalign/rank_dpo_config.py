@@ -33,11 +33,22 @@ class RankDPOConfig(RankedPreferenceConfig):
 
     rank_loss: str = field(
         default="plackett_luce",
-        metadata={"help": "Listwise loss.", "choices": list(RANK_LOSSES)},
+        metadata={
+            "help": "Listwise loss on the implicit rewards: plackett_luce (the DPO paper's listwise form; equals "
+            "TRL's sigmoid DPO for K=2 without ties, hence the default) or lipo (LiPO-lambda: pairwise "
+            "logistic terms weighted by their NDCG gain).",
+            "choices": list(RANK_LOSSES),
+        },
     )
     ties: str = field(
         default="efron",
-        metadata={"help": "Tie policy of the Plackett–Luce loss.", "choices": list(TIE_POLICIES)},
+        metadata={
+            "help": "How the Plackett-Luce loss treats equal scores: efron (default: equals plain Plackett-Luce "
+            "without ties and never orders tied completions, right for integer ratings), breslow (cruder, "
+            "also order-free) or ordered (ties broken by dataset order). LiPO skips tied pairs whatever "
+            "this says.",
+            "choices": list(TIE_POLICIES),
+        },
     )
 
     def __post_init__(self):

@@ -23,8 +23,21 @@ class RRHFConfig(RankedPreferenceConfig):
     trainer_name: ClassVar[str] = "RRHFTrainer"
     reference_free: ClassVar[bool] = True
 
-    rrhf_weight: float = field(default=1.0, metadata={"help": "Weight of the RRHF ranking term."})
-    length_penalty: float = field(default=1.0, metadata={"help": "Length-normalisation exponent of the scores."})
+    rrhf_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight (>= 0) of the ranking hinge term in rrhf_weight * ranking + NLL_top. Default 1: the "
+            "authors' 100 assumed a summed ranking term and a length-divided NLL, so start from 1 here "
+            "and sweep."
+        },
+    )
+    length_penalty: float = field(
+        default=1.0,
+        metadata={
+            "help": "Exponent of the length normalisation p_i = sum of token log-probs / length**length_penalty "
+            "(0: summed, 1: mean token log-prob, the authors' default)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

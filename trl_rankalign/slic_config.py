@@ -21,8 +21,21 @@ class SLiCConfig(RankedPreferenceConfig):
     trainer_name: ClassVar[str] = "SLiCTrainer"
     reference_free: ClassVar[bool] = True
 
-    margin: float = field(default=1.0, metadata={"help": "Hinge margin of the calibration loss."})
-    sft_weight: float = field(default=0.1, metadata={"help": "Weight of the NLL term on the top completion."})
+    margin: float = field(
+        default=1.0,
+        metadata={
+            "help": "Hinge margin delta in max(0, delta - log p(better) + log p(worse)), in nats of summed "
+            "log-probs; default 1.0 is the SLiC-HF paper's."
+        },
+    )
+    sft_weight: float = field(
+        default=0.1,
+        metadata={
+            "help": "Weight lambda (>= 0) of the regulariser, the token-mean NLL of each list's top completion, "
+            "which keeps the policy near the SFT targets. Default 0.1: small, as in the paper's best "
+            "runs; 0 turns it off."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
