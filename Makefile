@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Nothing in the demo or the tests needs a model hub; keep it that way (and skip telemetry pings).
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo real test lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/trl-rankalign pipeline --config recipes/tiny/pipeline.yaml
+
+# The same job on a real pretrained model (SmolLM2-135M-Instruct from PyPI, converted once): RankDPO + LoRA, CPU.
+real: $(STAMP)
+	$(OFFLINE) $(BIN)/trl-rankalign rankdpo --config recipes/smollm2/rankdpo.yaml
 
 # pytest exits 5 when it collects no test: make (and so .ci/run) then fails, as it should.
 test: $(STAMP)

@@ -57,6 +57,9 @@ class TransformersServer:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         executable = shutil.which("transformers", path=os.path.dirname(sys.executable)) or "transformers"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        # one torch thread unless told otherwise: the server shares the CPU with the test process (and, on a busy
+        # box, others); oversubscribed, a 10-token reply took 15-25 s instead of 1-2 s
+        env.setdefault("OMP_NUM_THREADS", "1")
         self.log = open(log_path, "w")
         self.process = subprocess.Popen(
             [executable, "serve", model, "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"],

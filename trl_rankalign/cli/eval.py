@@ -135,7 +135,6 @@ def add_eval_parser(subparsers) -> None:
         "reference_answers",
         help="FastChat's data/mt_bench/reference_answer/gpt-4.jsonl (math, reasoning, coding; with --judge_prompts)",
     )
-    _opt(mt_bench, "judge_max_tokens", type=int, default=2048, help="the judge's max_tokens (FastChat: 2048)")
     _opt(mt_bench, "model_name", help="`model` / `model_1` of the judgments (default: the answers file name)")
     _opt(mt_bench, "baseline_name", help="`model_2` of the judgments (default: the baseline file name)")
     _opt(
@@ -221,12 +220,15 @@ def _write_json(data, path: str | None) -> None:
 def _generate(args) -> None:
     from ..sampling.answers import generate_answers_for_models, model_name_from_path
     from ..sampling.arguments import backend_options
+    from .stage_data import resolve_model_path
 
     names = args.name or [model_name_from_path(m) for m in args.model]
     if len(names) != len(args.model):
         raise ValueError(f"{len(args.name)} --name for {len(args.model)} --model: give one name per model.")
     if len(set(names)) != len(names):
         raise ValueError(f"Two checkpoints would write the same answers file ({names}): pass --name for each.")
+    args.name = names  # named as typed (`smollm2.jsonl`), loaded from the folder the name stands for
+    args.model = [resolve_model_path(model) for model in args.model]
     if args.multi_turn:
         return _generate_multi_turn(args)
     if args.generation_backend == "server" and len(args.model) > 1:
@@ -310,6 +312,14 @@ def add_judge_client_arguments(parser) -> None:
     _opt(parser, "judge_backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each time")
     _opt(parser, "judge_rps", type=float, default=None, help="rate limit, requests per second")
     _opt(parser, "judge_workers", type=int, default=4, help="prompts judged concurrently")
+    _opt(
+        parser,
+        "judge_max_tokens",
+        type=int,
+        default=None,
+        help="the judge's max_tokens per reply (default: 1024; `eval mt-bench`: 2048, FastChat's); a small judge on a "
+        "CPU needs far fewer to answer within --judge_timeout",
+    )
 
 
 def judge_client_from_args(args, **kwargs):
@@ -327,6 +337,7 @@ def judge_client_from_args(args, **kwargs):
         max_retries=args.judge_max_retries,
         backoff=args.judge_backoff,
         requests_per_second=args.judge_rps,
+        **({"max_tokens": args.judge_max_tokens} if getattr(args, "judge_max_tokens", None) else {}),
         **kwargs,
     )
 
@@ -462,7 +473,7 @@ def _mt_bench(args) -> None:
             raise FileNotFoundError(f"--{option} {getattr(args, option)!r} is not a file.")
     if args.reference_answers and not args.judge_prompts:
         raise ValueError("--reference_answers go with FastChat's prompts: pass --judge_prompts too.")
-    client = judge_client_from_args(args, max_tokens=args.judge_max_tokens or JUDGE_MAX_TOKENS)
+    client = judge_client_from_args(args, **({} if args.judge_max_tokens else {"max_tokens": JUDGE_MAX_TOKENS}))
     answers = Path(args.answers)
     bench = Path(args.output_dir) if args.output_dir else answers.parent / "mt_bench"
     options = dict(

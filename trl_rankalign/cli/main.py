@@ -235,7 +235,44 @@ def _build_parser():
     from .rank import add_rank_parser
 
     add_rank_parser(commands)
+    from .launch import make_parser as make_launch_parser
+
+    # listed here for `--help`; `main` hands `launch` its arguments before this parser reads them
+    commands.add_parser(
+        "launch",
+        parents=[make_launch_parser()],
+        add_help=False,
+        help="Run a stage or pipeline on several machines (SLURM or not): one `accelerate launch` per machine",
+    )
     return parser
+
+
+def command_parsers() -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every command and subcommand of the CLI with the parser that reads its arguments, e.g. `("rankdpo",)` (the
+    stage's `TrlParser`) or `("eval", "generate")`: what `trl-rankalign ... --help` prints. Read from the registries
+    themselves (the stages and the subparsers of [`_build_parser`]), so a new command is listed without a change here."""
+    from .stages import STAGES
+
+    found: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        # a subcommand action is the one whose choices are parsers (argparse lists a parser's actions in `_actions`
+        # and has no public accessor; its subparser class is private, hence the duck-typing)
+        subparsers = [
+            action
+            for action in parser._actions
+            if isinstance(getattr(action, "choices", None), dict)
+            and all(isinstance(child, argparse.ArgumentParser) for child in action.choices.values())
+            and action.choices
+        ]
+        if not subparsers:
+            found[path] = parser
+        for action in subparsers:
+            for name, child in action.choices.items():
+                walk(make_parser(name) if not path and name in STAGES else child, (*path, name))
+
+    walk(_build_parser(), ())
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in STAGES:
         return run_stage(argv[0], argv[1:])
+    if argv and argv[0] == "launch":  # multi-node: one `accelerate launch` per machine (cli/launch.py)
+        from .launch import main as launch_main
+
+        return launch_main(argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -80,6 +80,7 @@ def _aspects(args):
 def _rank(args) -> None:
     from ..sampling.arguments import backend_options
     from ..sampling.rank import rank_candidates
+    from .stage_data import resolve_model_path
 
     judge, reward = None, None
     if args.judge_base_url:
@@ -99,7 +100,7 @@ def _rank(args) -> None:
     dataset = rank_candidates(
         args.input,
         output_dir=args.output_dir,
-        policies=args.policy,
+        policies=[resolve_model_path(policy) for policy in args.policy] if args.policy else args.policy,
         num_samples=args.num_samples,
         reward=reward,
         judge=judge,

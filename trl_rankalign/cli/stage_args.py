@@ -34,11 +34,17 @@ class RankAlignScriptArguments(ScriptArguments):
 
     dataset_converter: str | None = field(
         default=None,
-        metadata={"help": "Converter (trl_rankalign.data.converters.CONVERTERS key) applied to every split."},
+        metadata={
+            "help": "Converter applied to every split: ranked, pairwise, ultrafeedback, ultrafeedback_binarized, "
+            "summarize_from_feedback, hh_rlhf, group_pairwise, alma_r, or any 'module:function'. None: "
+            "the data is used as loaded."
+        },
     )
     converter_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "Keyword arguments of the converter (a JSON string on the command line)."},
+        metadata={
+            "help": 'Keyword arguments of the converter, e.g. {"score": "overall"}; a JSON string on the command line.'
+        },
     )
 
     def __post_init__(self):
@@ -112,10 +118,19 @@ class RewardScriptArguments(RankAlignScriptArguments):
     """
 
     reward_model_path: str | None = field(
-        default=None, metadata={"help": "Reward model checkpoint (folder or hub id)."}
+        default=None,
+        metadata={
+            "help": "Sequence-classification reward model (a folder, e.g. the reward stage's output, or a hub id) "
+            "that scores the online samples."
+        },
     )
     reward_function: str | None = field(
-        default=None, metadata={"help": "Reward callable as 'module:function' (TRL's reward-function signature)."}
+        default=None,
+        metadata={
+            "help": "Python reward as 'module:function' with TRL's signature (prompts, completions, **kwargs) -> "
+            "list of floats, e.g. trl_rankalign.tiny.language:reward_fn; with reward_model_path too, TRL "
+            "sums both (reward_weights)."
+        },
     )
 
     def __post_init__(self):

@@ -50,7 +50,9 @@ def prefer_command_line_dataset(script_args, dataset_args, argv: list[str]) -> N
         script_args.dataset_converter = None
         if "--converter_kwargs" not in typed:
             script_args.converter_kwargs = None
-    logger.warning("dataset_name=%r replaces the recipe's `datasets:` mixture (%s).", script_args.dataset_name, replaced)
+    logger.warning(
+        "dataset_name=%r replaces the recipe's `datasets:` mixture (%s).", script_args.dataset_name, replaced
+    )
 
 
 def _tiny_dataset(name: str):

@@ -311,7 +311,8 @@ def run_iterate(script_args, training_args, model_args, dataset_args) -> dict:
     data, rewarded by `reward_model_path` or `reward_function`; per-round metrics join the summary."""
     from accelerate import PartialState
 
-    from ..iterative import ROUNDS_FILE, train_iterative
+    from ..iterative import train_iterative
+    from ..online.records import read_rounds
 
     started = time.time()
     prompts = _train_online(
@@ -323,7 +324,7 @@ def run_iterate(script_args, training_args, model_args, dataset_args) -> dict:
         dataset_args=dataset_args,
     )
     output = Path(training_args.output_dir)
-    rounds = [json.loads(line) for line in (output / ROUNDS_FILE).read_text().splitlines() if line.strip()]
+    rounds = [r for r in read_rounds(output) if r["round"] < training_args.num_rounds]  # a cut line is skipped
     summary = {
         "stage": "iterate",
         "model_name_or_path": model_args.model_name_or_path,

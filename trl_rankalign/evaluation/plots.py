@@ -22,6 +22,7 @@ __all__ = ["PLOTS", "ROUND_PLOTS", "load_log_history", "plot_rounds", "plot_trai
 
 # file stem -> (title, y label, metric keys without the eval_ prefix; a regex when it starts with "^")
 PLOTS = {
+    "loss": ("Loss", "loss", ["loss"]),  # every run has it (SFT and reward runs have nothing else to plot)
     "reward_margins": ("Reward margin (top - bottom ranked)", "implicit reward", ["rewards/margins"]),
     "rank_rewards": ("Mean implicit reward per rank", "implicit reward", [r"^rewards/rank_(\d+)$"]),
     "ranking_accuracy": (
@@ -89,8 +90,8 @@ def plot_training_curves(
         `{name: png path}` for the figures drawn (a figure none of whose metrics were logged is skipped).
 
     Raises:
-        `FileNotFoundError` / `ValueError` for a missing state file or empty history, and `ValueError` when none of
-        the ranking metrics appear in it (not a trl-rankalign or DPO run).
+        `FileNotFoundError` / `ValueError` for a missing state file or empty history, and `ValueError` when neither
+        the loss nor a ranking metric appears in it.
     """
     history = load_log_history(trainer_state)
     output_dir = Path(output_dir)
@@ -126,8 +127,8 @@ def plot_training_curves(
         written[name] = str(path)
     if not written:
         raise ValueError(
-            "None of the ranking metrics (rewards/margins, rewards/rank_k, ranking/pairwise_accuracy, "
-            "ranking/kendall_tau) are in this log history: is it a trl-rankalign or DPO run?"
+            "Neither the loss nor any ranking metric (rewards/margins, rewards/rank_k, ranking/pairwise_accuracy, "
+            "ranking/kendall_tau) is in this log history: was anything logged (logging_steps)?"
         )
     return written
 

@@ -105,9 +105,7 @@ class ServedPolicy:
             return self.served_model
         name = f"{self.served_model.rstrip('/').split('/')[-1]}-round{round_index}-{fingerprint.split(':')[-1][:12]}"
         self.api.post("/load_lora_adapter", {"lora_name": name, "lora_path": path})
-        listed = [
-            m.get("id") for m in self.api.get("/models").get("data", []) if isinstance(m, dict)
-        ]
+        listed = [m.get("id") for m in self.api.get("/models").get("data", []) if isinstance(m, dict)]
         if name not in listed:
             raise PolicyUpdateError(f"Round {round_index}: the server lists {listed} after loading adapter {name!r}.")
         reported = self._probe(name)

@@ -26,7 +26,7 @@ class GenerationArguments:
     Parameters:
         generation_backend (`str`, *optional*, defaults to `"transformers"`):
             `"transformers"` (this process, each prompt prefilled once), `"server"` (an OpenAI-compatible
-            `/v1/completions` endpoint: `vllm serve`, SGLang, TGI; how to use many GPUs or nodes) or `"vllm"`
+            endpoint: `vllm serve`, SGLang, TGI, `transformers serve`; how to use many GPUs or nodes) or `"vllm"`
             (colocated vLLM on this node, through TRL's `trl.generation`; `pip install "trl[vllm]"`).
         generation_base_url (`str`, *optional*):
             server: the endpoint, e.g. `http://localhost:8000/v1`.
@@ -43,7 +43,11 @@ class GenerationArguments:
         generation_rps (`float`, *optional*):
             server: rate limit in requests per second.
         generation_prompt_format (`str`, *optional*, defaults to `"tokens"`):
-            server: send prompts as token ids (exact; vLLM, SGLang) or as `"text"`.
+            server: send prompts as token ids (exact; vLLM, SGLang) or as `"text"` (`transformers serve`, TGI).
+        generation_endpoint (`str`, *optional*, defaults to `"completions"`):
+            server: `"completions"` (`/v1/completions`, the prompt rendered with the policy's chat template),
+            `"chat"` (`/v1/chat/completions`, the server's template; OpenAI and TGI offer only this) or `"auto"`
+            (chat prompts to chat, string prompts to completions).
         vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.3`):
             vllm: share of GPU memory the colocated engine reserves.
         vllm_tensor_parallel_size (`int`, *optional*, defaults to `1`):
@@ -55,28 +59,98 @@ class GenerationArguments:
     generation_backend: str = field(
         default="transformers",
         metadata={
-            "help": "transformers (prefill-once, this process), server (OpenAI /v1/completions) or vllm.",
+            "help": "Where samples come from: transformers (this process, each prompt prefilled once; the "
+            "default, needs nothing else), server (an OpenAI-compatible endpoint: vLLM, SGLang, TGI, "
+            "transformers serve; to use many GPUs or nodes) or vllm (colocated vLLM on this node).",
             "choices": list(BACKENDS),
         },  # fmt: skip
     )
     generation_base_url: str | None = field(
-        default=None, metadata={"help": "server backend: endpoint, e.g. http://localhost:8000/v1."}
+        default=None,
+        metadata={
+            "help": "server backend: base URL of the OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
+            "(required with server)."
+        },
     )
-    generation_model: str | None = field(default=None, metadata={"help": "server backend: served model name."})
+    generation_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "server backend: the model name the server serves (required with server); it must serve the "
+            "policy's checkpoint."
+        },
+    )
     generation_api_key_env: str | None = field(
-        default=None, metadata={"help": "server backend: env var holding the API key (unset: none sent)."}
+        default=None,
+        metadata={
+            "help": "server backend: name of the environment variable holding the API key (the key itself never "
+            "goes in a recipe). Unset: no key is sent."
+        },
     )
-    generation_concurrency: int = field(default=8, metadata={"help": "server backend: requests in flight."})
-    generation_max_retries: int = field(default=3, metadata={"help": "server backend: retries per request."})
-    generation_timeout: float = field(default=600.0, metadata={"help": "server backend: seconds per request."})
-    generation_rps: float | None = field(default=None, metadata={"help": "server backend: requests per second."})
+    generation_concurrency: int = field(
+        default=8,
+        metadata={
+            "help": "server backend: requests in flight at once, each asking for all samples of one prompt (>= "
+            "1). Default 8; raise it to keep a large server busy, with sampling_batch_size at least as "
+            "large."
+        },
+    )
+    generation_max_retries: int = field(
+        default=3,
+        metadata={
+            "help": "server backend: retries of a failed request (timeouts, 429, 5xx), with exponential backoff "
+            "(>= 0). Default 3."
+        },
+    )
+    generation_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "server backend: timeout of one request, in seconds (> 0). Default 600: a request asks for "
+            "every sample of a prompt."
+        },
+    )
+    generation_rps: float | None = field(
+        default=None,
+        metadata={
+            "help": "server backend: rate limit, in requests per second (None: no limit), for endpoints with a quota."
+        },
+    )
     generation_prompt_format: str = field(
         default="tokens",
-        metadata={"help": "server backend: send prompts as token ids or text.", "choices": ["tokens", "text"]},
+        metadata={
+            "help": "server backend: send prompts as token ids (tokens, the default: the server continues exactly "
+            "the tokens the trainers train on; vLLM, SGLang) or as text (servers that take only strings).",
+            "choices": ["tokens", "text"],
+        },
     )
-    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "vllm backend: GPU memory share."})
-    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vllm backend: GPUs per engine."})
-    vllm_max_model_length: int | None = field(default=None, metadata={"help": "vllm backend: context length."})
+    generation_endpoint: str = field(
+        default="completions",
+        metadata={
+            "help": "server backend: which endpoint to call: completions (/v1/completions), chat "
+            "(/v1/chat/completions) or auto (chat prompts to chat, text prompts to completions).",
+            "choices": ["completions", "chat", "auto"],
+        },
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "vllm backend: share of GPU memory (0 to 1) the colocated engine reserves. Default 0.3 leaves "
+            "the rest to training."
+        },
+    )
+    vllm_tensor_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "vllm backend: GPUs per engine; only 1 is supported (use the server backend for tensor "
+            "parallelism)."
+        },
+    )
+    vllm_max_model_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "vllm backend: context length of the engine, prompt + completion, in tokens (None: the "
+            "model's own)."
+        },
+    )
 
 
 _FIELDS = fields(GenerationArguments)
@@ -109,6 +183,7 @@ def backend_options(args: Any) -> dict:
             timeout=args.generation_timeout,
             requests_per_second=args.generation_rps,
             prompt_format=args.generation_prompt_format,
+            endpoint=args.generation_endpoint,
         )
     elif backend == "vllm":
         options = dict(

@@ -9,8 +9,9 @@ completions (strings) per prompt, in prompt order, from one of three backends:
   which prefills every prompt n times. Same sampling distribution as `generate` (the same logits processors and
   warpers on the same logits), reproducible for a seed (batch `b` of a call is seeded `seed + b`), batched across
   prompts, with a progress bar;
-- `"server"`: any OpenAI-compatible `/v1/completions` endpoint (`vllm serve`, SGLang, TGI), n samples per prompt in
-  one request, concurrent requests, retries, a rate limit ([`trl_rankalign.sampling.server`]);
+- `"server"`: any OpenAI-compatible `/v1/completions` or `/v1/chat/completions` endpoint (`vllm serve`, SGLang, TGI,
+  `transformers serve`), n samples per prompt in one request (asked again for the rest from a server that returns
+  fewer), concurrent requests, retries, a rate limit ([`trl_rankalign.sampling.server`]);
 - `"vllm"`: colocated vLLM through TRL's `trl.generation.VLLMGeneration` ([`trl_rankalign.sampling.vllm_backend`]).
 
 Prompts are strings or chat-message lists; a chat prompt is rendered with the policy's own chat template
@@ -70,6 +71,14 @@ logger = logging.getLogger(__name__)
 GENERATION_BACKENDS = ("transformers", "vllm", "server")
 
 
+# Decoding fields that only some backends apply (`supported_decoding` of a backend lists those it applies).
+EXTRA_DEFAULTS = {"min_new_tokens": 0, "repetition_penalty": 1.0}
+# transformers' generation names that `sample_completions` takes: the `Decoding` fields and `do_sample`.
+GENERATION_NAMES = (
+    "do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "min_new_tokens", "repetition_penalty", "seed"
+)  # fmt: skip
+
+
 class StaleCacheError(ValueError):
     """A cache holds results made with other settings, and regenerating them was not allowed (`on_stale="error"`)."""
 
@@ -85,6 +94,11 @@ class Decoding:
         top_p: nucleus sampling (`1.0`: off).
         max_new_tokens: length limit of each completion.
         seed: seed of the sampling (see each backend for what it seeds).
+        min_new_tokens: EOS is suppressed before this many new tokens (`0`: off). The transformers backend applies it;
+            the server backend sends it as `min_tokens` (vLLM, SGLang); other backends refuse it.
+        repetition_penalty: CTRL's repetition penalty (`1.0`: off); applied and sent (vLLM, SGLang, TGI) as above.
+
+    [`sample_completions`] also takes transformers' `do_sample`: `False` is `temperature=0`.
     """
 
     temperature: float = 1.0
@@ -92,6 +106,8 @@ class Decoding:
     top_p: float = 1.0
     max_new_tokens: int = 64
     seed: int = 0
+    min_new_tokens: int = 0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self):
         if not self.temperature >= 0:
@@ -106,6 +122,17 @@ class Decoding:
             or self.max_new_tokens < 1
         ):
             raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
+        if (
+            isinstance(self.min_new_tokens, bool)
+            or not isinstance(self.min_new_tokens, int)
+            or not 0 <= self.min_new_tokens <= self.max_new_tokens
+        ):
+            raise ValueError(
+                f"min_new_tokens must be an integer in [0, max_new_tokens={self.max_new_tokens}], got "
+                f"{self.min_new_tokens!r}."
+            )
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 is off), got {self.repetition_penalty!r}.")
 
     @property
     def do_sample(self) -> bool:
@@ -134,7 +161,19 @@ class Decoding:
             config.temperature, config.top_k, config.top_p = self.temperature, self.top_k, self.top_p
         else:
             config.temperature, config.top_k, config.top_p = None, None, None
+        # only when set: a base config's own penalty (a model's generation_config.json) otherwise stays in force
+        if self.min_new_tokens:
+            config.min_new_tokens = self.min_new_tokens
+        if self.repetition_penalty != 1.0:
+            config.repetition_penalty = self.repetition_penalty
         return config
+
+    def extras(self) -> dict:
+        """The settings beyond temperature/top-k/top-p/length/seed that differ from their defaults (`{}` for most
+        calls): what a backend must support, and what cache keys carry only when set (older caches stay valid)."""
+        return {
+            name: getattr(self, name) for name, default in EXTRA_DEFAULTS.items() if getattr(self, name) != default
+        }
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> str:
@@ -252,9 +291,14 @@ class TransformersBackend:
             `generate(num_return_sequences=n)` (the reference the benchmark compares with).
         static_cache: decode from a static cache (faster: no per-step concatenation of a growing cache); `False`
             repeats a `DynamicCache`.
+        on_token_ids: called after each batch with `(prompt_ids, attention_mask, new_ids, generation_config)`: the
+            left-padded prompts `(B, L)`, their mask, the sampled token ids `(B * draws, new)` (padded after EOS, in
+            `generate`'s order) and the config they were drawn with; for callers that need the sampled ids (e.g. a
+            KL estimate on them) rather than their decoded text.
     """
 
     name = "transformers"
+    supported_decoding = frozenset(EXTRA_DEFAULTS)  # applied through the GenerationConfig
 
     def __init__(
         self,
@@ -262,6 +306,7 @@ class TransformersBackend:
         generation_config: GenerationConfig | None = None,
         prefill_once: bool = True,
         static_cache: bool = True,
+        on_token_ids: Callable[..., None] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -269,6 +314,7 @@ class TransformersBackend:
         self.generation_config = generation_config
         self.prefill_once = prefill_once
         self.static_cache = static_cache
+        self.on_token_ids = on_token_ids
 
     def identity(self, model: Any) -> str:
         return model_fingerprint(model)
@@ -320,6 +366,8 @@ class TransformersBackend:
                         output = prefill_once_generate(model, ids, mask, draws, config, self.static_cache)
                     else:
                         output = _repeat_generate(model, ids, mask, draws, config)
+                if self.on_token_ids is not None:
+                    self.on_token_ids(ids, mask, output[:, ids.size(1) :], config)
                 decoded = tokenizer.batch_decode(output[:, ids.size(1) :], skip_special_tokens=True)
                 for i in range(len(chunk)):
                     texts_i = decoded[i * draws : (i + 1) * draws]
@@ -339,7 +387,10 @@ def make_backend(backend: Any = "transformers", **options) -> Any:
 
     - `"transformers"`: `batch_size`, `generation_config`, `prefill_once`, `static_cache` ([`TransformersBackend`]);
     - `"server"`: `base_url`, `served_model`, `api_key_env`, `concurrency`, `max_retries`, `timeout`, `backoff`,
-      `requests_per_second`, `prompt_format` ([`trl_rankalign.sampling.server.ServerBackend`]);
+      `max_backoff`, `requests_per_second`, `prompt_format`, `endpoint`
+      ([`trl_rankalign.sampling.server.ServerBackend`]);
+
+    An option the backend does not take is a `ValueError` naming the decoding settings and the backend's options.
     - `"vllm"`: `gpu_memory_utilization`, `tensor_parallel_size`, `max_model_length`
       ([`trl_rankalign.sampling.vllm_backend.VLLMBackend`]).
     """
@@ -348,22 +399,53 @@ def make_backend(backend: Any = "transformers", **options) -> Any:
             raise ValueError(f"Backend options {sorted(options)} given with a backend object: set them on it.")
         return backend
     if backend == "transformers":
-        return TransformersBackend(**options)
-    if backend == "server":
-        from .server import ServerBackend
+        backend_class = TransformersBackend
+    elif backend == "server":
+        from .server import ServerBackend as backend_class
+    elif backend == "vllm":
+        from .vllm_backend import VLLMBackend as backend_class
+    else:
+        raise ValueError(f"Unknown generation backend {backend!r}; expected one of {GENERATION_BACKENDS}.")
+    accepted = [name for name in inspect.signature(backend_class.__init__).parameters if name not in ("self", "sleep")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:  # rather than the constructor's bare "unexpected keyword argument"
+        raise ValueError(
+            f"Unknown option(s) {unknown} for the {backend} backend. Decoding settings: {list(GENERATION_NAMES)}; "
+            f"{backend} backend options: {accepted}."
+        )
+    return backend_class(**options)
 
-        return ServerBackend(**options)
-    if backend == "vllm":
-        from .vllm_backend import VLLMBackend
 
-        return VLLMBackend(**options)
-    raise ValueError(f"Unknown generation backend {backend!r}; expected one of {GENERATION_BACKENDS}.")
+def _split_options(options: dict, defaults: dict | None = None) -> tuple[Decoding, dict]:
+    """The [`Decoding`] in `options` (over `defaults`, a `Decoding` as a dict) and the rest (backend options).
+
+    transformers' `do_sample` is read as it means there: `False` decodes greedily (temperature 0); `True` samples, at
+    temperature 1 when only a greedy default (temperature 0) was there, and refuses an explicit `temperature=0`."""
+    names = set(Decoding.__dataclass_fields__)
+    given = {k: v for k, v in options.items() if k in names}
+    merged = {**(defaults or {}), **given}
+    if "do_sample" in options:
+        do_sample = options["do_sample"]
+        if not isinstance(do_sample, bool):
+            raise ValueError(f"do_sample must be True or False, got {do_sample!r}.")
+        if not do_sample:
+            merged["temperature"] = 0.0
+        elif merged.get("temperature", 1.0) == 0:
+            if given.get("temperature") == 0:
+                raise ValueError("do_sample=True contradicts temperature=0 (greedy): set a temperature > 0.")
+            merged["temperature"] = 1.0
+    decoding = Decoding(**merged)
+    return decoding, {k: v for k, v in options.items() if k not in names and k != "do_sample"}
 
 
-def _split_options(options: dict) -> tuple[Decoding, dict]:
-    names = {f for f in Decoding.__dataclass_fields__}
-    decoding = Decoding(**{k: v for k, v in options.items() if k in names})
-    return decoding, {k: v for k, v in options.items() if k not in names}
+def _check_supported(engine: Any, decoding: Decoding) -> None:
+    """Refuse settings the backend would silently ignore (`min_new_tokens`, `repetition_penalty` on vLLM, say)."""
+    unsupported = sorted(set(decoding.extras()) - set(getattr(engine, "supported_decoding", ())))
+    if unsupported:
+        raise ValueError(
+            f"The {getattr(engine, 'name', engine)} backend does not apply {unsupported}; leave them at their defaults "
+            f"({ {name: EXTRA_DEFAULTS[name] for name in unsupported} }) or use a backend that does."
+        )
 
 
 def sample_completions(
@@ -388,9 +470,10 @@ def sample_completions(
         prompts: strings or chat-message lists.
         backend: `"transformers"` (default), `"server"` or `"vllm"`, or a backend object from [`make_backend`].
         progress: show a progress bar (on the main process only).
-        **decoding: `temperature` (0: greedy), `top_k`, `top_p`, `max_new_tokens`, `seed` ([`Decoding`]), and the
-            backend's own options (see [`make_backend`]; e.g. `batch_size` for transformers, `base_url` and
-            `served_model` for server).
+        **decoding: transformers' generation names `do_sample`, `temperature` (0: greedy), `top_k`, `top_p`,
+            `max_new_tokens`, `min_new_tokens`, `repetition_penalty`, `seed` ([`Decoding`]), and the backend's own
+            options (see [`make_backend`]; e.g. `batch_size` for transformers, `base_url` and `served_model` for
+            server). An unknown name is a `ValueError` listing the accepted ones.
 
     Example:
         ```python
@@ -403,11 +486,16 @@ def sample_completions(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
     settings, options = _split_options(decoding)
     engine = make_backend(backend, **options)
+    _check_supported(engine, settings)
     texts = [render_prompt(processing_class, prompt) for prompt in prompts]
     if not texts:
         return []
     show = progress and PartialState().is_main_process
-    completions = engine.generate(model, processing_class, texts, num_samples, settings, progress=show, desc=desc)
+    # a backend that can send chat messages as they are (the server's chat endpoint) also gets the prompts themselves
+    extra = {"prompts": list(prompts)} if "prompts" in inspect.signature(engine.generate).parameters else {}
+    completions = engine.generate(
+        model, processing_class, texts, num_samples, settings, progress=show, desc=desc, **extra
+    )
     if len(completions) != len(texts) or any(len(c) != num_samples for c in completions):
         raise RuntimeError(f"The {getattr(engine, 'name', backend)} backend returned the wrong number of completions.")
     return completions
@@ -478,7 +566,8 @@ def generation_settings(
         "model": model_identity if model_identity is not None else backend.identity(model),
         "tokenizer": tokenizer_fingerprint(processing_class),
         "num_samples": num_samples,
-        **asdict(decoding),
+        **{k: v for k, v in asdict(decoding).items() if k not in EXTRA_DEFAULTS},
+        **decoding.extras(),  # only when set: caches written before these settings existed stay valid
     }
     if generation_config is not None:
         extra = generation_config.to_diff_dict()
@@ -557,10 +646,11 @@ def sample_and_score(
         raise ValueError(f"on_stale must be 'regenerate' or 'error', got {on_stale!r}.")
     prompts = list(prompts)
     base = Decoding.from_generation_config(generation_config, seed) if generation_config is not None else Decoding()
-    decoding_settings, options = _split_options({**asdict(base), "seed": seed, **decoding})
+    decoding_settings, options = _split_options(decoding, defaults={**asdict(base), "seed": seed})
     if isinstance(backend, str) and backend == "transformers":
         options = {"batch_size": batch_size, "generation_config": generation_config, **options}
     engine = make_backend(backend, **options)
+    _check_supported(engine, decoding_settings)
     settings = generation_settings(
         model, tokenizer, num_samples, engine, decoding_settings, generation_config, model_identity
     )
