@@ -176,3 +176,21 @@ def test_configs_with_generation_options_keep_output_dir_first():
     for config_class in (IterativeConfig, RAFTConfig, RSOConfig):
         args = config_class("out", bf16=False, use_cpu=True, report_to="none")
         assert args.output_dir == "out" and args.generation_backend == "transformers"
+
+
+def test_peft_rounds_keep_the_sft_reference(tiny_path, tmp_path):
+    """With a LoRA adapter trained through the rounds, every round's reference is the SFT policy: TRL's DPOTrainer
+    given a `PeftModel` and no reference copies the round's adapter into a "ref" adapter (the previous round's policy,
+    left on the model: the third round then failed with "Adapter with name 'ref' already exists")."""
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    model = train_iterative(
+        tiny_path, PROMPTS, config(tmp_path, num_rounds=3, max_steps=2), reward=reward_fn, peft_config=peft_config
+    )
+    history = rounds(tmp_path)
+    assert [r["round"] for r in history] == [0, 1, 2]
+    assert list(model.peft_config) == ["default"]  # no reference adapter left on the policy
+    # the KL metric (against the frozen SFT copy) is reported with PEFT too, and moves once the adapter has trained
+    assert history[0]["kl_to_sft"] == pytest.approx(0.0, abs=1e-4)
+    assert history[2]["kl_to_sft"] != pytest.approx(0.0, abs=1e-4)

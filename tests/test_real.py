@@ -256,8 +256,15 @@ def test_rank_with_the_served_judge(smollm2_server, tmp_path):
         "--judge_max_tokens",
         "24",
     ]
-    assert cli.main(argv) == 0
-    assert len(_rows(tmp_path / "judge" / "verdicts.jsonl")) == 1
+    returncode = cli.main(argv)
+    assert len(_rows(tmp_path / "judge" / "verdicts.jsonl")) == 1  # the paid reply is kept, parsed or not
+    summary = json.loads((tmp_path / "judge" / "summary.json").read_text())
+    # a 135M judge often writes no rating: its replies are counted as parse errors, and a row left with fewer than
+    # two scored candidates is dropped and the run says so (exit 1) instead of training on made-up scores
+    if returncode != 0:
+        assert returncode == 1 and summary["parse_errors"] >= 1 and summary["dropped_rows"] == 1, summary
+    else:
+        assert summary["dropped_rows"] == 0, summary
 
 
 def test_eval_commands_on_the_trained_checkpoint(

@@ -326,8 +326,8 @@ def train_iterative(
         reward: a reward-model path, a loaded reward model or a callable `(prompts, completions) -> rewards`;
             defaults to `args.reward_model_path`.
         processing_class: the policy's tokenizer (loaded from `model` when it is a path).
-        peft_config: a PEFT adapter trained through the rounds (the reference is then the adapter-disabled base, so
-            `reference` must be `"sft"`).
+        peft_config: a PEFT adapter trained through the rounds; `reference` must be `"sft"` (a frozen copy of the
+            starting policy, also passed to every round's trainer so that TRL does not take the round's adapter).
     """
     reward = reward if reward is not None else args.reward_model_path
     if reward is None:
@@ -346,8 +346,10 @@ def train_iterative(
         model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
     if processing_class is None:
         raise ValueError("Pass the policy's `processing_class` together with a loaded model.")
-    # The SFT policy, frozen: the reference of `reference="sft"` and of the KL metric (PEFT: the adapter-disabled base)
-    sft_model = _frozen_copy(model) if peft_config is None else None
+    # The SFT policy, frozen: the reference of `reference="sft"` and of the KL metric. With PEFT too: from round 1 the
+    # policy is a trained `PeftModel`, and given no reference, TRL's DPOTrainer copies its adapter into a "ref" adapter
+    # (the previous round's policy, not the SFT one; left on the policy, so the next round fails adding it again).
+    sft_model = _frozen_copy(model)
     scorer = _reward_callable(reward)
     reward_id = scorer_identity(scorer)
     tokenizer_id = tokenizer_fingerprint(processing_class)
@@ -414,16 +416,16 @@ def train_iterative(
 
     def train(current, policy, selected, metrics):
         lists, rows, recorded = selected
-        if sft_model is not None:  # KL(pi_round || pi_SFT) on the round's own samples, before it trains
-            started = time.perf_counter()
-            value, source, count = kl_to_sft(policy, sft_model, rows, recorded, processing_class)
-            metrics.update(kl_to_sft=value, kl_to_sft_source=source, kl_to_sft_samples=count)
-            metrics["time/kl"] = time.perf_counter() - started  # part of time/train
-            metrics["kl_to_sft_estimand"] = kl_estimand(
-                args.sampling_temperature, args.sampling_top_k, args.sampling_top_p
-            )
-        if args.method == "pro" or peft_config is not None:
-            reference = None  # reference-free, or the adapter-disabled base
+        # KL(pi_round || pi_SFT) on the round's own samples, before it trains
+        started = time.perf_counter()
+        value, source, count = kl_to_sft(policy, sft_model, rows, recorded, processing_class)
+        metrics.update(kl_to_sft=value, kl_to_sft_source=source, kl_to_sft_samples=count)
+        metrics["time/kl"] = time.perf_counter() - started  # part of time/train
+        metrics["kl_to_sft_estimand"] = kl_estimand(
+            args.sampling_temperature, args.sampling_top_k, args.sampling_top_p
+        )
+        if args.method == "pro":
+            reference = None  # reference-free
         elif args.reference == "sft" or current.index == 0:
             reference = sft_model
         else:  # the policy this round starts from, as the previous round saved it
