@@ -55,9 +55,8 @@ logger = logging.getLogger(__name__)
 # `shared_prompt_forward=None` turns the shared-prompt forward on when packing removes at least this share of the
 # tokens (and the model can run it exactly). Its attention is split by structure (no dense mask), so it never does more
 # per-token work; what it may add is the branch-over-[prefix ; branch] attention computed without the causal kernel's
-# skip, which long completions behind a short prompt pay for. Measured on the 2-core CPU, forward + backward
-# (benchmarks/shared_prompt_micro.py, sdpa, best of 5): 3% fewer tokens ran 0.82-1.04x (inside the noise), 5-15%
-# fewer 0.99-1.11x, 25% fewer (UltraFeedback shape) and 69% fewer (TL;DR shape) clearly faster (see README).
+# skip, which long completions behind a short prompt pay for. Below about a tenth of the tokens saved, the measured
+# forward + backward was inside the noise (figures: benchmarks/README.md, "Shared-prompt forward alone").
 AUTO_SHARED_PROMPT_MIN_SAVING = 0.1
 
 VISION_COLUMNS = ("image", "images")
@@ -68,7 +67,7 @@ class RankedPreferenceTrainer(DPOTrainer):
 
     Accepts the ranked schema (`prompt`, `completions`, `scores`; standard or conversational; K may vary by row),
     TRL's pairwise data (`prompt`/`chosen`/`rejected`, converted to K=2 with scores [1, 0]) and pre-tokenised rows
-    (`prompt_ids`, `completion_ids`, `scores`). Vision datasets are refused (see README, Known limits).
+    (`prompt_ids`, `completion_ids`, `scores`). Vision datasets are refused (docs/limits.md).
     """
 
     config_class = None  # the subclass's config dataclass (a `RankedPreferenceConfig`), checked and used for a default
@@ -506,7 +505,7 @@ def _refuse_vision(dataset, name: str, trainer_name: str) -> None:
         if found:
             raise ValueError(
                 f"{trainer_name} does not train on vision datasets yet: the {name} dataset has {found} columns. "
-                "Use TRL's DPOTrainer for vision-language preference data (see README, Known limits)."
+                "Use TRL's DPOTrainer for vision-language preference data (docs/limits.md)."
             )
 
 

@@ -54,14 +54,14 @@ def add_eval_parser(subparsers) -> None:
     _opt(generate, "name", action="append", default=None, help="answers file name per --model (default: folder)")
     _add_prompt_options(generate, required=True)
     _opt(generate, "output_dir", required=True, help="writes <output_dir>/<name>.jsonl")
-    _opt(generate, "max_new_tokens", type=int, default=256)
-    _opt(generate, "batch_size", type=int, default=8)
+    _opt(generate, "max_new_tokens", type=int, default=256, help="most tokens per answer")
+    _opt(generate, "batch_size", type=int, default=8, help="prompts per generate call (and per saved batch)")
     _opt(generate, "do_sample", action="store_true", help="sample instead of greedy decoding")
     _opt(generate, "temperature", type=float, default=1.0, help="with --do_sample")
     _opt(generate, "top_k", type=int, default=0, help="with --do_sample (0: off)")
     _opt(generate, "top_p", type=float, default=1.0, help="with --do_sample")
     _opt(generate, "num_samples", type=int, default=1, help="answers per prompt (win rates use the first)")
-    _opt(generate, "seed", type=int, default=0)
+    _opt(generate, "seed", type=int, default=0, help="sampling seed (answers are reproducible)")
     _opt(
         generate,
         "multi_turn",
@@ -93,21 +93,34 @@ def add_eval_parser(subparsers) -> None:
     _opt(win_rate, "judge_system_prompt", help="file with the judge's system prompt")
     _opt(win_rate, "judge_cache", help="judgments JSONL (default: <answers>.vs.<baseline>.judgments.jsonl)")
     _opt(win_rate, "num_resamples", type=int, default=1000, help="bootstrap resamples")
-    _opt(win_rate, "confidence", type=float, default=0.95)
-    _opt(win_rate, "seed", type=int, default=0)
+    _opt(win_rate, "confidence", type=float, default=0.95, help="level of the bootstrap interval")
+    _opt(win_rate, "seed", type=int, default=0, help="seed of the bootstrap resampling")
     _opt(win_rate, "output", help="write the result (with per-prompt outcomes) to this JSON file")
 
     metrics = commands.add_parser("text-metrics", help="BLEU, ROUGE and chrF against the prompt set's references")
-    _opt(metrics, "answers", required=True)
+    _opt(metrics, "answers", required=True, help="answers JSONL (eval generate) with references")
     _add_prompt_options(metrics, required=True)
-    _opt(metrics, "metrics", nargs="+", default=["bleu", "rouge", "chrf"], choices=["bleu", "rouge", "chrf"])
+    _opt(
+        metrics,
+        "metrics",
+        nargs="+",
+        default=["bleu", "rouge", "chrf"],
+        choices=["bleu", "rouge", "chrf"],
+        help="which text metrics to compute",
+    )
     _opt(metrics, "bleu_tokenize", default=None, help="sacrebleu tokenizer (13a, zh, ja-mecab, flores200, ...)")
     _opt(metrics, "chrf_word_order", type=int, default=0, help="2 for chrF++")
     _opt(metrics, "output", help="write the metrics to this JSON file")
 
     export = commands.add_parser("export", help="answers in AlpacaEval or MT-Bench (FastChat) input format")
-    _opt(export, "answers", required=True)
-    _opt(export, "format", required=True, choices=["alpaca_eval", "mt_bench", "arena_hard"])
+    _opt(export, "answers", required=True, help="answers JSONL (eval generate, single or multi-turn)")
+    _opt(
+        export,
+        "format",
+        required=True,
+        choices=["alpaca_eval", "mt_bench", "arena_hard"],
+        help="the reading tool's answer format",
+    )
     _opt(export, "output", required=True, help="alpaca_eval: the JSON file; mt_bench: the bench folder")
     _opt(export, "model_name", help="generator / model_id (default: the answers file name)")
     _opt(export, "dataset", help="alpaca_eval 'dataset' field (default: the prompt set's own `dataset` column)")
@@ -118,7 +131,7 @@ def add_eval_parser(subparsers) -> None:
     source = plot.add_mutually_exclusive_group(required=True)
     _opt(source, "trainer_state", help="trainer_state.json or the run's output folder")
     _opt(source, "rounds", help="an iterate run's folder (or its rounds.jsonl): per-round curves")
-    _opt(plot, "output_dir", required=True)
+    _opt(plot, "output_dir", required=True, help="where the PNG figures are written")
 
     mt_bench = commands.add_parser("mt-bench", help="MT-Bench grading per turn by an LLM judge (single or pairwise)")
     _opt(mt_bench, "answers", required=True, help="multi-turn answers (eval generate --multi_turn)")
@@ -174,12 +187,12 @@ def add_eval_parser(subparsers) -> None:
     _opt(harness, "model", required=True, help="a saved checkpoint folder")
     _opt(harness, "tasks", nargs="+", required=True, help="harness tasks or groups; open_llm_leaderboard_v1")
     _opt(harness, "output_dir", required=True, help="writes <output_dir>/harness/<name>.json")
-    _opt(harness, "num_fewshot", type=int, default=None)
-    _opt(harness, "batch_size", default="8")
+    _opt(harness, "num_fewshot", type=int, default=None, help="few-shot examples per task (default: the task's)")
+    _opt(harness, "batch_size", default="8", help="lm-eval batch size (a number or 'auto')")
     _opt(harness, "limit", type=float, default=None, help="examples per task (a smoke run)")
     _opt(harness, "include_path", help="folder of task YAMLs of your own")
-    _opt(harness, "device", default=None)
-    _opt(harness, "dtype", default="auto")
+    _opt(harness, "device", default=None, help="torch device (default: lm-eval's choice)")
+    _opt(harness, "dtype", default="auto", help="model dtype for lm-eval (auto: the checkpoint's)")
 
     evaluation.set_defaults(func=run_eval)
 
@@ -308,7 +321,7 @@ def add_judge_client_arguments(parser) -> None:
     _opt(parser, "judge_model", help="the judge's model name (with --judge_base_url)")
     _opt(parser, "judge_api_key_env", default="OPENAI_API_KEY", help="env var holding the API key")
     _opt(parser, "judge_timeout", type=float, default=60.0, help="seconds per request")
-    _opt(parser, "judge_max_retries", type=int, default=3)
+    _opt(parser, "judge_max_retries", type=int, default=3, help="retries of a failed judge request")
     _opt(parser, "judge_backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each time")
     _opt(parser, "judge_rps", type=float, default=None, help="rate limit, requests per second")
     _opt(parser, "judge_workers", type=int, default=4, help="prompts judged concurrently")

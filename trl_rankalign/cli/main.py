@@ -224,7 +224,7 @@ def _build_parser():
     pipeline.add_argument("--accelerate_config", default=None, help="Launch every stage with this accelerate config")
     pipeline.add_argument("--force", action="store_true", help="Rerun finished stages too")
     demo = commands.add_parser("demo", help="The tiny pipeline: SFT then RankDPO on the embedded default (CPU)")
-    demo.add_argument("--output_dir", default="outputs/demo")
+    demo.add_argument("--output_dir", default="outputs/demo", help="Root folder of the demo's stage outputs")
     demo.add_argument("--force", action="store_true", help="Rerun finished stages too")
     try:  # registration point of the evaluation command (trl_rankalign/evaluation/cli.py)
         from .eval import add_eval_parser
