@@ -41,6 +41,21 @@ def cpu_trainer_kwargs(output_dir: str | os.PathLike, **overrides) -> dict:
     return kwargs
 
 
+def seeded_trainer_kwargs(
+    output_dir: str | os.PathLike, steps: int, per_step: int, learning_rate: float, seed: int, **overrides
+) -> dict:
+    """[`cpu_trainer_kwargs`] for a run of `steps` optimizer steps of `per_step` rows, seeded (model and data order)."""
+    return cpu_trainer_kwargs(
+        output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=per_step,
+        learning_rate=learning_rate,
+        seed=seed,
+        data_seed=seed,
+        **overrides,
+    )
+
+
 def completion_logprobs(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor
 ) -> torch.Tensor:

@@ -110,9 +110,9 @@ from common import (  # noqa: E402
     best_within_budget,
     completion_logprobs,
     completion_mask_after,
-    cpu_trainer_kwargs,
     kl_estimate,
     seed_means,
+    seeded_trainer_kwargs,
     write_json,
 )
 
@@ -424,14 +424,7 @@ def _pairs(lists: list[dict], which: str) -> list[dict]:
 
 def _common(ctx: Context, seed: int, per_step: int) -> dict:
     s = ctx.settings
-    return cpu_trainer_kwargs(
-        ctx.output_dir,
-        max_steps=s.steps,
-        per_device_train_batch_size=per_step,
-        learning_rate=s.learning_rate,
-        seed=seed,
-        data_seed=seed,
-    )
+    return seeded_trainer_kwargs(ctx.output_dir, s.steps, per_step, s.learning_rate, seed)
 
 
 def _dpo(which: str) -> Callable:

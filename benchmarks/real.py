@@ -84,8 +84,8 @@ from common import (  # noqa: E402
     CACHE_DIR,
     RESULTS_DIR,
     completion_mask_after,
-    cpu_trainer_kwargs,
     kl_estimate,
+    seeded_trainer_kwargs,
     write_json,
 )
 
@@ -331,50 +331,21 @@ class Context:
     output_dir: str
 
 
-def _common(ctx: Context, seed: int, per_step: int, **overrides) -> dict:
+def _common(ctx: Context, seed: int, per_step: int) -> dict:
     s = ctx.settings
-    return cpu_trainer_kwargs(
-        ctx.output_dir,
-        max_steps=s.steps,
-        per_device_train_batch_size=per_step,
-        learning_rate=s.learning_rate,
-        seed=seed,
-        data_seed=seed,
-        **overrides,
-    )
+    return seeded_trainer_kwargs(ctx.output_dir, s.steps, per_step, s.learning_rate, seed)
 
 
 def _unwrapped(trainer):
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
-def _rank_dpo(rank_loss: str) -> Callable:
-    def run(ctx: Context, seed: int):
-        from datasets import Dataset
-
-        from trl_rankalign import RankDPOConfig, RankDPOTrainer
-
-        args = RankDPOConfig(beta=ctx.settings.beta, rank_loss=rank_loss,
-                             **_common(ctx, seed, ctx.settings.lists_per_step))  # fmt: skip
-        trainer = RankDPOTrainer(
-            model=ctx.model_path,
-            args=args,
-            train_dataset=Dataset.from_list(ctx.lists),
-            peft_config=lora_config(ctx.settings),
-        )
-        trainer.train()
-        return _unwrapped(trainer)
-
-    return run
-
-
-def _pro(ctx: Context, seed: int):
+def _listwise(ctx: Context, seed: int, config_class, trainer_class, **fields):
+    """One listwise trainer on the cached lists: B lists of K per step, LoRA, the shared schedule."""
     from datasets import Dataset
 
-    from trl_rankalign import PROConfig, PROTrainer
-
-    args = PROConfig(sft_weight=ctx.settings.pro_sft_weight, **_common(ctx, seed, ctx.settings.lists_per_step))
-    trainer = PROTrainer(
+    args = config_class(**fields, **_common(ctx, seed, ctx.settings.lists_per_step))
+    trainer = trainer_class(
         model=ctx.model_path,
         args=args,
         train_dataset=Dataset.from_list(ctx.lists),
@@ -382,6 +353,21 @@ def _pro(ctx: Context, seed: int):
     )
     trainer.train()
     return _unwrapped(trainer)
+
+
+def _rank_dpo(rank_loss: str) -> Callable:
+    def run(ctx: Context, seed: int):
+        from trl_rankalign import RankDPOConfig, RankDPOTrainer
+
+        return _listwise(ctx, seed, RankDPOConfig, RankDPOTrainer, beta=ctx.settings.beta, rank_loss=rank_loss)
+
+    return run
+
+
+def _pro(ctx: Context, seed: int):
+    from trl_rankalign import PROConfig, PROTrainer
+
+    return _listwise(ctx, seed, PROConfig, PROTrainer, sft_weight=ctx.settings.pro_sft_weight)
 
 
 def _dpo(pairs_per_list_step: int) -> Callable:

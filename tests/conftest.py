@@ -19,6 +19,21 @@ def tiny_path(tmp_path_factory):
     return tiny_model_path(cache_dir=tmp_path_factory.mktemp("tiny_cache"))
 
 
+def load_benchmark(name: str):
+    """A script of `benchmarks/` (not a package) as a module, e.g. `load_benchmark("real")`."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # the scripts import their shared `common`
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def cpu_config(config_class, output_dir, **overrides):
     """A trainer config for fast CPU tests: fp32, no gradient checkpointing, no saving, log every step."""
     kwargs = dict(
