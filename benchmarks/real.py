@@ -13,10 +13,12 @@ on 2 free cores with --parallel-seeds (estimated; the recorded run shared the ma
 1. Task. Prompts "What is a+b? Answer with the number only." (chat form, SmolLM2's ChatML template with its default
    system prompt), a and b in 10..99. The 8100 ordered pairs are shuffled once (seed 1234): the first 100 are the
    held-out pool, the next `train_prompts` the training prompts (disjoint by construction).
-   Exact reward (the accuracy): the *first* integer of the completion equals a+b. The instruction says "the number
-   only", so "59+63 = 122" is wrong (its first integer is 59): the metric checks the format and the sum at once.
+   Exact reward (the accuracy): the *last* integer of the completion equals a+b. SmolLM2 answers "59 + 63 = 122"
+   whatever the instruction says, so the last integer is its answer (scoring the first one, the run of 2026-12-06
+   found every method at 0/64: a task no list ever solved). A completion cut off at `max_new_tokens` mid-number is
+   wrong ("59 + 63 = 12").
    Ranking reward (`reward`, what the lists, RLOO and `iterate` are scored with): 1 for an exact answer, else
-   0.5·exp(−|x − (a+b)|/10) for a first integer x, else 0. The partial credit orders the wrong answers by closeness,
+   0.5·exp(−|x − (a+b)|/10) for a last integer x, else 0. The partial credit orders the wrong answers by closeness,
    so lists of four wrong answers still carry a preference (with 0/1 most base-model lists would be fully tied:
    dropped), and it is never above an exact answer. Ties (e.g. two empty answers) are allowed; RankDPO uses its
    default Efron tie handling, LiPO ignores tied pairs, PRO gives them weight 0.
@@ -113,10 +115,10 @@ class Settings:
     lora_r: int = 8
     lora_alpha: int = 16
     iterate_rounds: int = 3
-    max_new_tokens: int = 10  # sampled training completions (lists, iterate, RLOO)
+    max_new_tokens: int = 16  # sampled training completions (lists, iterate, RLOO): room for "a + b = c"
     temperature: float = 1.0
     top_k: int = 50
-    eval_new_tokens: int = 10
+    eval_new_tokens: int = 16
     kl_prompts: int = 32
     kl_samples: int = 1
     bootstrap: int = 2000
@@ -141,6 +143,7 @@ PROMPT = "What is {a}+{b}? Answer with the number only."
 _PROBLEM = re.compile(r"What is (\d+)\+(\d+)\?")
 _INTEGER = re.compile(r"-?\d+")
 HELDOUT_POOL = 100  # the first 100 shuffled problems are never trained on
+SCORING = "last-integer"  # part of the lists' cache key: cached scores from another rule are never reused
 
 
 def problem_split(heldout: int, train: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -176,15 +179,15 @@ def target(prompt) -> int:
     return int(match.group(1)) + int(match.group(2))
 
 
-def first_integer(text: str) -> int | None:
-    """The first integer in `text` (an optional minus sign and digits), or None."""
-    match = _INTEGER.search(text)
-    return int(match.group()) if match else None
+def last_integer(text: str) -> int | None:
+    """The last integer in `text` (an optional minus sign and digits), or None."""
+    found = _INTEGER.findall(text)
+    return int(found[-1]) if found else None
 
 
 def is_correct(prompt, completion) -> bool:
-    """The exact reward: the completion's first integer is a+b."""
-    return first_integer(_text(completion)) == target(prompt)
+    """The exact reward: the completion's last integer is a+b."""
+    return last_integer(_text(completion)) == target(prompt)
 
 
 def answer_score(answer: int | None, truth: int) -> float:
@@ -198,7 +201,7 @@ def answer_score(answer: int | None, truth: int) -> float:
 
 def reward(prompts, completions, **kwargs) -> list[float]:
     """The ranking reward, TRL's reward-function signature (strings or chat messages)."""
-    return [answer_score(first_integer(_text(c)), target(p)) for p, c in zip(prompts, completions)]
+    return [answer_score(last_integer(_text(c)), target(p)) for p, c in zip(prompts, completions)]
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -255,6 +258,13 @@ def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def lists_cache_name(model_path: str, settings: Settings) -> str:
+    """The lists' cache file name: every setting that changes a sampled completion or its score is in the key."""
+    spec = [Path(model_path).name, settings.k, settings.train_prompts, settings.max_new_tokens,
+            settings.temperature, settings.top_k, settings.sampling_seed, SCORING]  # fmt: skip
+    return f"real-lists-{_key(spec)}.jsonl"
+
+
 def make_lists(model_path: str, settings: Settings, cache_dir: Path) -> tuple[list[dict], dict]:
     """K completions per training prompt from the start model, scored by the ranking reward (cached JSONL)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -265,8 +275,6 @@ def make_lists(model_path: str, settings: Settings, cache_dir: Path) -> tuple[li
     prompts = [chat_prompt(a, b) for a, b in train]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-    spec = [Path(model_path).name, settings.k, len(prompts), settings.max_new_tokens, settings.temperature,
-            settings.top_k, settings.sampling_seed]  # fmt: skip
     cache_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     rows = sample_and_score(
@@ -285,7 +293,7 @@ def make_lists(model_path: str, settings: Settings, cache_dir: Path) -> tuple[li
             pad_token_id=tokenizer.pad_token_id,
         ),
         batch_size=16,
-        cache_file=cache_dir / f"real-lists-{_key(spec)}.jsonl",
+        cache_file=cache_dir / lists_cache_name(model_path, settings),
         seed=settings.sampling_seed,
         desc="Sampling the lists",
     )
@@ -749,11 +757,12 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`  ",
         f"Date: {result['date']}; total wall time {result.get('total_wall_s', 0) / 60:.1f} min  ",
         f"Machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs, torch "
-        f"{result['machine']['torch']} ({result['machine']['torch_threads']} threads); shared with other jobs, "
-        "so wall times are noisy (the 1-min load average is beside each time)  ",
+        f"{result['machine']['torch']} ({result['machine']['torch_threads']} threads per process); the 1-min load average is "
+        "beside each time: above the core count, processes (the seed processes themselves, or other jobs) shared the "
+        "cores and wall times stretch, so compare CPU seconds  ",
         f"Setup: K = {s['k']}, LoRA r {s['lora_r']} (q,k,v,o), lr {s['learning_rate']}, β {s['beta']}, "
         f"{s['steps']} steps × {s['lists_per_step']} lists, seeds {list(s['seeds'])}, {s['heldout']} held-out "
-        f"problems (greedy, first integer = a+b), KL on {s['kl_prompts']}×{s['kl_samples']} pure samples.  ",
+        f"problems (greedy, last integer = a+b), KL on {s['kl_prompts']}×{s['kl_samples']} pure samples.  ",
         f"Lists: {result['lists']}",
         "",
         "| method | trained seqs (prompt visits) | accuracy mean ± seed std | per seed | bootstrap 95% CI | "
@@ -852,7 +861,7 @@ def _model_path() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, 6 steps, 24 held-out problems")
+    parser.add_argument("--quick", action="store_true", help="one seed, 3 steps, 8 held-out problems: an end-to-end check")
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS))
     parser.add_argument("--steps", type=int)

@@ -1,5 +1,6 @@
 """The pure helpers of `benchmarks/real.py` (fast): the task's parsing and reward, the bootstrap against a naive loop."""
 
+import dataclasses
 import math
 import random
 
@@ -20,15 +21,17 @@ real = _load("real")
         ("122", 122),
         ("122.", 122),
         (" The answer is 122", 122),
-        ("59+63 = 122", 59),  # the first integer: "the number only" is part of the task
+        ("59+63 = 122", 122),  # the last integer: SmolLM2 answers "a + b = c"
+        ("59 + 63 = 12", 12),  # cut off mid-number: wrong for 59+63
         ("-5 apples", -5),
         ("twelve", None),
         ("", None),
-        ("1,234", 1),
+        ("1,234", 234),
+        ("3 apples and 4 pears", 4),
     ],
 )
-def test_first_integer(text, expected):
-    assert real.first_integer(text) == expected
+def test_last_integer(text, expected):
+    assert real.last_integer(text) == expected
 
 
 def test_target_reads_string_and_chat_prompts():
@@ -42,18 +45,19 @@ def test_is_correct_takes_strings_and_assistant_messages():
     prompt = real.chat_prompt(23, 58)
     assert real.is_correct(prompt, "81")
     assert real.is_correct(prompt, [{"role": "assistant", "content": "81, of course"}])
-    assert not real.is_correct(prompt, "23+58 = 81")
+    assert real.is_correct(prompt, "23 + 58 = 81")
+    assert not real.is_correct(prompt, "81 is not 23+58")  # the last integer is 58
     assert not real.is_correct(prompt, "")
 
 
 def test_reward_partial_credit_orders_by_closeness_and_never_beats_exact():
     prompt = real.chat_prompt(23, 58)  # 81
-    completions = ["81", "80", "91", "23 + 58 = 81", "no idea", ""]
+    completions = ["81", "80", "91", "23 + 58 = 58", "no idea", ""]
     scores = real.reward([prompt] * len(completions), completions)
     assert scores[0] == 1.0
     assert scores[1] == pytest.approx(0.5 * math.exp(-0.1))
     assert scores[2] == pytest.approx(0.5 * math.exp(-1.0))
-    assert scores[3] == pytest.approx(0.5 * math.exp(-5.8))  # first integer 23
+    assert scores[3] == pytest.approx(0.5 * math.exp(-2.3))  # last integer 58
     assert scores[4] == scores[5] == 0.0  # a tie: no integer
     assert scores[0] > scores[1] > scores[2] > scores[3] > scores[4]
     assert all(0.0 <= s <= 0.5 for s in scores[1:])  # a wrong answer gets at most half an exact one
@@ -66,6 +70,20 @@ def test_problem_split_is_disjoint_and_stable():
     small_heldout, small_train = real.problem_split(24, 24)
     assert small_heldout == heldout[:24] and small_train == train[:24]  # quick mode: prefixes of the full split
     assert all(10 <= a <= 99 and 10 <= b <= 99 for a, b in heldout + train)
+
+
+def test_lists_cache_name_changes_with_every_sampling_or_scoring_setting(monkeypatch):
+    base = real.Settings()
+    name = real.lists_cache_name("/m/smollm2", base)
+    assert real.lists_cache_name("/other/smollm2", base) == name  # the folder's name, not where it lies
+    assert real.lists_cache_name("/m/smollm2", dataclasses.replace(base, **real.QUICK)) == name  # quick reuses them
+    for field, value in [("k", 3), ("train_prompts", 64), ("max_new_tokens", 10),
+                         ("temperature", 0.7), ("top_k", 20), ("sampling_seed", 7)]:  # fmt: skip
+        changed = real.lists_cache_name("/m/smollm2", dataclasses.replace(base, **{field: value}))
+        assert changed != name, field
+    assert real.lists_cache_name("/m/other-model", base) != name
+    monkeypatch.setattr(real, "SCORING", "first-integer")  # scores cached under another rule are never reused
+    assert real.lists_cache_name("/m/smollm2", base) != name
 
 
 def test_best_worst_pairs():
