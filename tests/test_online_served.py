@@ -143,3 +143,116 @@ def test_raft_follows_the_rounds_by_reloading_the_checkpoint_by_path(admin_stub,
     models = [r["model"] for r in admin_stub.posts("prompt")]
     assert models == ["policy", "policy", round_0, round_0, round_0]  # round 0; the probe; round 1
     assert admin_stub.posts("prompt")[2]["max_tokens"] == 1
+
+
+# ------------------------------------------------------------------------------------------------------ nccl
+class LogprobServer(StubServer):
+    """A served policy whose completions with `echo` and `logprobs` answer the prompt tokens' log-probs computed by
+    `self.model` (what a vLLM server reports); the weight sync below copies weights into it as NCCL would."""
+
+    def __init__(self, model):
+        self.model = model
+        super().__init__(self._answer)
+
+    def _answer(self, request: dict):
+        from trl_rankalign.online.served import local_logprobs
+
+        assert request["echo"] is True and request["logprobs"] == 0
+        values = [None, *local_logprobs(self.model, request["prompt"]).float().tolist()]
+        return 200, {"model": request["model"], "choices": [{"text": "x", "logprobs": {"token_logprobs": values}}]}
+
+
+class CopyingSync:
+    """Stands in for TRL's `VLLMGeneration` (which needs CUDA and vLLM): `sync_weights` copies `self.model`'s weights
+    into the served model, or, when `broken`, does nothing (a push that never arrived)."""
+
+    def __init__(self, served_model, broken: bool = False):
+        self.served_model, self.broken, self.model, self.synced = served_model, broken, None, []
+
+    def __call__(self, policy):
+        self.built_with = policy
+        return self
+
+    def sync_weights(self):
+        self.synced.append(self.model)
+        if not self.broken:
+            self.served_model.load_state_dict(self.model.state_dict())
+
+
+def _moved(model, scale: float = 0.5):
+    """A copy of `model` with every weight moved (a round's training)."""
+    import copy
+
+    import torch
+
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for generator, parameter in zip(range(10**6), moved.parameters()):
+            parameter.add_(scale * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(generator)))
+    return moved
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_nccl_push_is_verified_by_the_served_logprobs(tiny_path, broken):
+    """The round's weights are pushed by the weight sync (built once, pointed at each round's policy) and checked
+    against the server's log-probs of the probe; a push that left the old weights stops the run."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_path)
+    server = LogprobServer(copy.deepcopy(start))
+    sync = CopyingSync(server.model, broken=broken)
+    try:
+        served = ServedPolicy("nccl", server.base_url, "policy", processing_class=tokenizer, weight_sync=sync)
+        assert served.update(0, None, "weights:0", policy=start) == "policy" and sync.synced == []
+        rounds = [_moved(start), _moved(_moved(start))]
+        if broken:
+            with pytest.raises(PolicyUpdateError, match=r"Round 1: after the NCCL weight push .*\(before the push"):
+                served.update(1, "unused", "weights:1", policy=rounds[0])
+            return
+        rounds[0].train()  # a policy fresh from its trainer: its mode is left as it was
+        for index, policy in enumerate(rounds, start=1):
+            assert served.update(index, "unused", f"weights:{index}", policy=policy) == "policy"
+        assert rounds[0].training and not rounds[1].training
+        assert sync.built_with is rounds[0] and sync.synced == rounds  # built once, each round's policy pushed
+        assert all(r["model"] == "policy" for r in server.requests)
+    finally:
+        server.close()
+
+
+def test_nccl_needs_the_tokenizer_the_policy_and_prompt_logprobs(tiny_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with pytest.raises(ValueError, match="processing_class"):
+        ServedPolicy("nccl", "http://127.0.0.1:1/v1", "policy")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_path)
+    served = ServedPolicy("nccl", "http://127.0.0.1:1/v1", "policy", processing_class=tokenizer)
+    with pytest.raises(ValueError, match="pass the policy"):
+        served.update(1, "unused", "weights:1")
+    no_logprobs = StubServer(lambda request: (200, {"model": "policy", "choices": [{"text": "x"}]}))
+    try:
+        served = ServedPolicy("nccl", no_logprobs.base_url, "policy", processing_class=tokenizer)
+        with pytest.raises(PolicyUpdateError, match="no prompt log-probs"):
+            served.update(1, "unused", "weights:1", policy=AutoModelForCausalLM.from_pretrained(tiny_path))
+    finally:
+        no_logprobs.close()
+
+
+def test_trl_weight_sync_contract():
+    """The NCCL path builds TRL's `VLLMGeneration(model, accelerator, processing_class, mode="server",
+    server_base_url=...)`, calls `sync_weights()`, and points its public `model` at each round's policy: this fails
+    when TRL changes any of that."""
+    import inspect
+
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    parameters = inspect.signature(VLLMGeneration.__init__).parameters
+    assert list(parameters)[1:4] == ["model", "accelerator", "processing_class"]
+    assert parameters["mode"].default == "colocate" and "server_base_url" in parameters
+    assert callable(VLLMGeneration.sync_weights) and not inspect.signature(
+        VLLMGeneration.sync_weights
+    ).parameters.keys() - {"self"}
+    source = inspect.getsource(VLLMGeneration)
+    assert "self.model = model" in source and "model = self.model" in source  # the model it syncs is read each time

@@ -462,7 +462,7 @@ def train_iterative(
         train=train,
         load=load,
         products=("lists", "trainer"),
-        served=ServedPolicy.from_args(args),
+        served=ServedPolicy.from_args(args, processing_class),
         processing_class=processing_class,
         name="Iterative",
     )

@@ -189,7 +189,7 @@ def train_raft(
         train=train,
         load=load,
         products=("best", "sft"),
-        served=ServedPolicy.from_args(args),
+        served=ServedPolicy.from_args(args, processing_class),
         processing_class=processing_class,
         name="RAFT",
     )

@@ -144,7 +144,7 @@ def run_rounds(
         if served is not None:
             fingerprint = model_fingerprint(model)
             checkpoint = output / f"round_{index - 1}" / "model" if index > 0 else None
-            served_name = served.update(index, checkpoint, fingerprint)
+            served_name = served.update(index, checkpoint, fingerprint, policy=model)
             sampling = {"served_model": served_name, "model_identity": f"served:{served_name}:{fingerprint}"}
             times["time/policy_update"] = time.perf_counter() - start
         current = OnlineRound(index, round_dir, round_key, sampling)

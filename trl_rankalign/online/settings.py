@@ -14,7 +14,7 @@ from ..sampling.generation import Decoding
 
 __all__ = ["POLICY_UPDATES", "RoundArguments", "SamplingArguments"]
 
-POLICY_UPDATES = ("none", "reload", "sglang", "lora")
+POLICY_UPDATES = ("none", "reload", "sglang", "lora", "nccl")
 
 
 @dataclass
@@ -102,7 +102,9 @@ class RoundArguments(SamplingArguments):
             policy follows the rounds: `"reload"` (the round's checkpoint is saved and requested by its path: servers
             that load the model a request names, as `transformers serve` does), `"sglang"` (SGLang's
             `/update_weights_from_disk` with the round's checkpoint), `"lora"` (vLLM's runtime LoRA loading: the
-            round's adapter under a new name; needs `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` and a PEFT run). Each
+            round's adapter under a new name; needs `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` and a PEFT run), `"nccl"`
+            (full weights pushed over NCCL by TRL's `VLLMGeneration` weight sync to `vllm serve
+            --weight-transfer-config '{"backend": "nccl"}'`; CUDA and vLLM on the trainer's side). Each
             update is verified against what the server reports before the next round samples. `"none"`: the server
             serves fixed weights, so only one round is accepted.
     """
@@ -127,8 +129,8 @@ class RoundArguments(SamplingArguments):
         metadata={
             "help": "server backend: how the served policy follows the rounds: none (fixed weights, one round "
             "only), reload (the round's checkpoint requested by path, as transformers serve loads it), "
-            "sglang (update_weights_from_disk) or lora (vLLM runtime LoRA loading). Each update is "
-            "verified before the next round samples.",
+            "sglang (update_weights_from_disk), lora (vLLM runtime LoRA loading) or nccl (full weights pushed "
+            "by TRL's vLLM weight sync; CUDA). Each update is verified before the next round samples.",
             "choices": list(POLICY_UPDATES),
         },
     )
@@ -144,6 +146,6 @@ class RoundArguments(SamplingArguments):
         if self.generation_backend == "server" and num_rounds > 1 and self.policy_update == "none":
             raise ValueError(
                 "generation_backend=server samples from fixed served weights, so it works for num_rounds=1 only, "
-                "unless the server follows the rounds: set policy_update (reload, sglang or lora), or use "
+                "unless the server follows the rounds: set policy_update (reload, sglang, lora or nccl), or use "
                 "transformers or vllm for num_rounds > 1."
             )
