@@ -5,66 +5,30 @@ proof that round 1 sampled round 0's weights: its samples are keyed on that path
 greedy answer under that name is token for token the local greedy answer of round 0's weights (not the SFT's)."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
 import torch
 from conftest import cpu_config
-from real_model import TransformersServer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_rankalign.online import read_rounds
+from trl_rankalign.sampling.local_server import LocalTransformersServer
 
 
 pytestmark = pytest.mark.real
 
-START_TIMEOUT_S = 60
 
-
-class UnpinnedServer(TransformersServer):
-    """`transformers serve` with no model argument (it serves whichever local checkpoint a request names); stopped by
-    the inherited `close()`."""
-
-    def __init__(self, log_path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        executable = shutil.which("transformers", path=os.path.dirname(sys.executable)) or "transformers"
-        self.log = open(log_path, "w")
-        self.process = subprocess.Popen(
-            [executable, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
-        )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited ({self.process.returncode}); see {log_path}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.3)
-        self.close()
-        raise RuntimeError(f"transformers serve did not answer /health in {START_TIMEOUT_S} s; see {log_path}")
-
-    def greedy(self, model: str, prompt: str, max_tokens: int) -> str:
-        body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
-        request = urllib.request.Request(
-            f"{self.base_url}/completions", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            data = json.loads(reply.read())
-        assert data["model"] == model
-        return data["choices"][0]["text"]
+def served_greedy(server: LocalTransformersServer, model: str, prompt: str, max_tokens: int) -> str:
+    """The greedy completion the server gives under `model` (its reply must name that model)."""
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
+    request = urllib.request.Request(
+        f"{server.base_url}/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        data = json.loads(reply.read())
+    assert data["model"] == model
+    return data["choices"][0]["text"]
 
 
 def _local_greedy(model, tokenizer, prompt: str, max_tokens: int) -> str:
@@ -86,7 +50,7 @@ def test_two_iterate_rounds_on_transformers_serve_follow_the_trained_weights(tin
     policy.save_pretrained(start)
     tokenizer.save_pretrained(start)
     prompts = tiny_prompt_dataset()["prompt"][:4]
-    server = UnpinnedServer(tmp_path / "serve.log")
+    server = LocalTransformersServer(None, tmp_path / "serve.log")  # serves the folder a request names
     try:
         output = tmp_path / "out"
         args = cpu_config(
@@ -107,7 +71,7 @@ def test_two_iterate_rounds_on_transformers_serve_follow_the_trained_weights(tin
         sft = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
                  if isinstance(p, list) else p for p in prompts]  # fmt: skip
-        served = [server.greedy(round_0, text, 8) for text in texts]
+        served = [served_greedy(server, round_0, text, 8) for text in texts]
         assert served == [_local_greedy(trained, tokenizer, text, 8) for text in texts]
         assert served != [_local_greedy(sft, tokenizer, text, 8) for text in texts]  # the weights are told apart
         history = read_rounds(output)

@@ -4,10 +4,10 @@ and the warning when the server decodes greedily. Fault cases (retries, refusals
 stub servers of tests/test_generation.py: a real server does not produce them on demand."""
 
 import pytest
-from real_model import TransformersServer
 from transformers import AutoTokenizer
 
 from trl_rankalign.sampling.generation import sample_and_score, sample_completions
+from trl_rankalign.sampling.local_server import LocalTransformersServer
 
 
 pytestmark = pytest.mark.real
@@ -47,7 +47,7 @@ def test_both_routes_give_n_distinct_samples_from_a_server_that_ignores_n(smollm
 def test_a_greedy_server_is_reported_once(smollm2_path, tokenizer, tmp_path, caplog):
     """The converted folder's own generation config has no `do_sample`: `transformers serve` then decodes greedily
     whatever temperature a request carries. The samples are identical and the backend says why, once."""
-    server = TransformersServer(smollm2_path, tmp_path / "serve.log")
+    server = LocalTransformersServer(smollm2_path, tmp_path / "serve.log")
     try:
         options = _options(server, prompt_format="text", concurrency=2)
         with caplog.at_level("WARNING", logger="trl_rankalign.sampling.server"):
@@ -76,3 +76,12 @@ def test_eval_generate_multi_turn_through_the_served_chat_route(smollm2_path, sm
     assert cli.main(argv) == 0
     (answers,) = [json.loads(line) for line in (tmp_path / "served.jsonl").read_text().splitlines()]
     assert answers["question_id"] == 7 and len(answers["answers"]) == 2 and all(a.strip() for a in answers["answers"])
+
+
+def test_token_id_prompts_refused_by_a_text_only_server_name_the_option(smollm2_server, tokenizer):
+    """`transformers serve` refuses token-id prompts (HTTP 400 "prompt must be a string"); the error says which
+    option sends text instead."""
+    from trl_rankalign.sampling.http import EndpointError
+
+    with pytest.raises(EndpointError, match=r"HTTP 400.*needs generation_prompt_format=text"):
+        sample_completions(None, tokenizer, [STORY], 1, "server", **_options(smollm2_server), **DECODING)

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
-from .http import Endpoint, EndpointError
+from .http import Endpoint, EndpointError, is_refusal
 
 
 __all__ = ["GenerationServerError", "ServerBackend", "request_seed"]
@@ -145,7 +145,18 @@ class ServerBackend:
     def _request(self, prompt, chat: bool, num_samples: int, decoding, seed: int) -> list[str]:
         """Between 1 and `num_samples` completions from one request (a server may return fewer choices than asked)."""
         path = "/chat/completions" if chat else "/completions"
-        data = self.endpoint.post(path, self._payload(prompt, chat, num_samples, decoding, seed))
+        try:
+            data = self.endpoint.post(path, self._payload(prompt, chat, num_samples, decoding, seed))
+        except EndpointError as error:
+            if chat or self.prompt_format != "tokens" or not is_refusal(error):
+                raise
+            # the commonest refusal at first contact: servers that take text prompts only (transformers serve, TGI)
+            hinted = GenerationServerError(
+                f"{error} (the prompt went as token ids, generation_prompt_format=tokens: a server that takes text "
+                "prompts only, as transformers serve does, needs generation_prompt_format=text)"
+            )
+            hinted.status = error.status
+            raise hinted from error
         choices = data.get("choices") if isinstance(data, dict) else None
 
         def text(choice):
