@@ -7,8 +7,8 @@
     python benchmarks/real.py --merge-parts p*.json --note "..."                  # report from the pieces
     python benchmarks/real.py --report-only      # redraw the markdown table from the stored JSON
 
-Measured (results/real.md): 66 CPU-minutes of training and evaluation at 1 thread per process, i.e. ~35 min of wall
-on 2 free cores with --parallel-seeds (estimated; the recorded run shared the machine and took 80 min).
+Measured (results/real.md): 37 min of wall on the quiet 2-core machine with --parallel-seeds --threads 1 (3 seed
+processes on 2 cores); --quick --threads 2 took 3 min.
 
 1. Task. Prompts "What is a+b? Answer with the number only." (chat form, SmolLM2's ChatML template with its default
    system prompt), a and b in 10..99. The 8100 ordered pairs are shuffled once (seed 1234): the first 100 are the

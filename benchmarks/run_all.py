@@ -1,6 +1,6 @@
 """Run both benchmarks (`make bench`): quality (reward-vs-KL frontiers) then speed/memory vs TRL's DPOTrainer.
 
-    python benchmarks/run_all.py            # full: ~50 min quality (exact labels; add --labels noisy to quality.py for the noisy variant) + ~24 min speed on a 2-core CPU
+    python benchmarks/run_all.py            # full: ~50 min quality (exact labels; add --labels noisy to quality.py for the noisy variant) + ~20 min speed on a 2-core CPU
     python benchmarks/run_all.py --quick    # a few minutes
 
 Results land in `benchmarks/results/` (quality.json|png|md, speed.json|png); the SFT policy and sampled lists are

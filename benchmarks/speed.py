@@ -1,6 +1,6 @@
 """Speed and memory benchmark: RankDPOTrainer on ranked lists vs TRL's DPOTrainer on pairs of the same completions.
 
-    python benchmarks/speed.py            # 2 shapes x (K=2, 4, 8) x 3 trainers x 5 alternating runs (~25 min, 2 cores)
+    python benchmarks/speed.py            # 2 shapes x (K=2, 4, 8) x 3 trainers x 5 alternating runs (~20 min, 2 cores)
     python benchmarks/speed.py --quick    # TL;DR shape, K=2 and 4, 3 runs each
     python benchmarks/speed.py --shapes ultrafeedback --ks 4 --runs 3
 
