@@ -151,3 +151,11 @@ def test_export_and_eval_refusals(tmp_path, capsys):
     assert cli("generate", "--model", "x", "--prompts", prompts, "--output_dir", answers) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "is a file" in err and err.strip().count("\n") == 0
+
+
+def test_a_zero_judge_max_tokens_is_refused_not_replaced_by_the_default(tmp_path, capsys):
+    answers = tmp_path / "ours.jsonl"
+    answers.write_text(json.dumps({"question_id": 1, "model_id": "ours", "answers": ["a", "b"]}) + "\n")
+    argv = ["mt-bench", "--answers", answers, "--judge_base_url", "http://127.0.0.1:9/v1", "--judge_model", "j"]
+    assert cli(*argv, "--judge_max_tokens", "0") == 1
+    assert "--judge_max_tokens" in capsys.readouterr().err

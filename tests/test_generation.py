@@ -306,6 +306,9 @@ def test_server_backend_chat_route(tiny, completions_server):
     identities = {route: ServerBackend(**server_options(completions_server), endpoint=route).identity(None)
                   for route in ("completions", "chat")}  # fmt: skip
     assert identities == {"completions": "served:tiny-policy", "chat": "served:tiny-policy:chat"}
+    text = {route: ServerBackend(**server_options(completions_server), endpoint=route, prompt_format="text").identity(None)
+            for route in ("completions", "chat")}  # fmt: skip
+    assert text == {"completions": "served:tiny-policy:text", "chat": "served:tiny-policy:chat"}  # server-tokenized
     with pytest.raises(ValueError, match="endpoint must be one of"):
         ServerBackend(**server_options(completions_server), endpoint="responses")
 

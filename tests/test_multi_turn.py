@@ -195,3 +195,37 @@ def test_multi_turn_generate_refuses_names_that_collide_like_single_turn(
         argv += ["--name", name]
     assert _eval_cli(*argv) == 1 and "name" in capsys.readouterr().err
     assert completions_server.requests == []  # refused before anything is asked
+
+
+def test_the_cache_keys_the_prompt_format_and_route(policy, tmp_path, completions_server):
+    """Token ids or text, the completions or the chat route: the server answers other completions, so nothing cached
+    under one is reused under another."""
+    _, tokenizer = policy
+    questions = load_questions(QUESTIONS)[:1]
+    output = tmp_path / "answers.jsonl"
+    generate_multi_turn_answers(None, tokenizer, questions, output, **_served(completions_server))
+    asked = len(completions_server.requests)
+    generate_multi_turn_answers(None, tokenizer, questions, output, **{**_served(completions_server),
+                                                                       "prompt_format": "tokens"})  # fmt: skip
+    assert len(completions_server.requests) == 2 * asked
+
+
+def test_do_sample_leaves_the_greedy_categories_greedy(policy, tmp_path, monkeypatch):
+    """MT-Bench's temperature table answers math at temperature 0: `do_sample=True` (for the other categories) must not
+    turn that into an error halfway through the file."""
+    import trl_rankalign.sampling.multi_turn as multi_turn
+
+    model, tokenizer = policy
+    seen = []
+    real = multi_turn.sample_completions
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["temperature"], kwargs.get("do_sample")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(multi_turn, "sample_completions", recording)
+    questions = [{"question_id": 1, "category": "math", "turns": ["What is 2 + 2?"]},
+                 {"question_id": 2, "category": "writing", "turns": ["Write a line."]}]  # fmt: skip
+    rows = generate_multi_turn_answers(model, tokenizer, questions, tmp_path / "a.jsonl", max_new_tokens=4,
+                                       do_sample=True, temperature_by_category={"math": 0.0}, temperature=0.7)  # fmt: skip
+    assert len(rows) == 2 and sorted(seen) == [(0.0, None), (0.7, True)]

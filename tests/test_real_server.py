@@ -83,5 +83,5 @@ def test_token_id_prompts_refused_by_a_text_only_server_name_the_option(smollm2_
     option sends text instead."""
     from trl_rankalign.sampling.http import EndpointError
 
-    with pytest.raises(EndpointError, match=r"HTTP 400.*needs generation_prompt_format=text"):
+    with pytest.raises(EndpointError, match=r"HTTP 400.*set generation_prompt_format=text"):
         sample_completions(None, tokenizer, [STORY], 1, "server", **_options(smollm2_server), **DECODING)

@@ -350,7 +350,7 @@ def judge_client_from_args(args, **kwargs):
         max_retries=args.judge_max_retries,
         backoff=args.judge_backoff,
         requests_per_second=args.judge_rps,
-        **({"max_tokens": args.judge_max_tokens} if getattr(args, "judge_max_tokens", None) else {}),
+        **({"max_tokens": args.judge_max_tokens} if getattr(args, "judge_max_tokens", None) is not None else {}),
         **kwargs,
     )
 
@@ -486,7 +486,9 @@ def _mt_bench(args) -> None:
             raise FileNotFoundError(f"--{option} {getattr(args, option)!r} is not a file.")
     if args.reference_answers and not args.judge_prompts:
         raise ValueError("--reference_answers go with FastChat's prompts: pass --judge_prompts too.")
-    client = judge_client_from_args(args, **({} if args.judge_max_tokens else {"max_tokens": JUDGE_MAX_TOKENS}))
+    client = judge_client_from_args(
+        args, **({} if args.judge_max_tokens is not None else {"max_tokens": JUDGE_MAX_TOKENS})
+    )
     answers = Path(args.answers)
     bench = Path(args.output_dir) if args.output_dir else answers.parent / "mt_bench"
     options = dict(

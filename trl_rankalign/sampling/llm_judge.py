@@ -140,6 +140,10 @@ class JudgeClient:
         self.extra_body = dict(extra_body or {})
         if truncated_retries < 0:
             raise ValueError(f"truncated_retries must be >= 0, got {truncated_retries}.")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(
+                f"The judge's max_tokens (--judge_max_tokens) must be a positive integer, got {max_tokens!r}."
+            )
         self.truncated_retries = truncated_retries
         self.rate_limiter = self.endpoint.rate_limiter
 

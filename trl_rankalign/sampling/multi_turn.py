@@ -148,6 +148,7 @@ def generate_multi_turn_answers(
     identity = {
         "backend": getattr(engine, "name", type(engine).__name__),
         "model": model_identity or (model_fingerprint(model) if model is not None else engine.identity(model)),
+        "engine": engine.identity(None) if model is None and model_identity else None,  # a server's route and format
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
     seed = sampling.pop("seed", 0)
@@ -172,6 +173,10 @@ def generate_multi_turn_answers(
     def answer(question: dict, turn: int) -> None:
         """Answer one question's turn and append it at once (whole line, under the lock)."""
         prompt = _conversation(question, answers[question["question_id"]], turn)
+        temperature = temperature_of(question)
+        # MT-Bench's table answers math, coding, reasoning and extraction at temperature 0 (greedy): the table wins
+        # over a `do_sample=True` meant for the other categories
+        options = {k: v for k, v in sampling.items() if not (k == "do_sample" and temperature == 0)}
         ((text,),) = sample_completions(
             model,
             tokenizer,
@@ -179,9 +184,9 @@ def generate_multi_turn_answers(
             1,
             backend=engine,
             progress=False,
-            temperature=temperature_of(question),
+            temperature=temperature,
             seed=question_seed(seed, question["question_id"], turn),
-            **sampling,
+            **options,
         )
         row = {
             "question_id": question["question_id"],

@@ -127,8 +127,11 @@ class ServerBackend:
         self.warned_greedy = False  # one warning per backend, not one per batch
 
     def identity(self, model) -> str:
-        # the chat route renders with the server's template: other completions than the local rendering gives
-        return f"served:{self.served_model}" + ("" if self.route == "completions" else f":{self.route}")
+        # the chat route renders with the server's template, and a text prompt is tokenized by the server (BOS,
+        # merges): either gives other completions than the local token ids, so both are part of the identity
+        route = "" if self.route == "completions" else f":{self.route}"
+        text = self.prompt_format == "text" and self.route != "chat"  # the chat route sends messages either way
+        return f"served:{self.served_model}{route}" + (":text" if text else "")
 
     def _payload(self, prompt, chat: bool, num_samples: int, decoding, seed: int) -> dict:
         payload = {"model": self.served_model, "messages" if chat else "prompt": prompt, "n": num_samples}
@@ -152,8 +155,8 @@ class ServerBackend:
                 raise
             # the commonest refusal at first contact: servers that take text prompts only (transformers serve, TGI)
             hinted = GenerationServerError(
-                f"{error} (the prompt went as token ids, generation_prompt_format=tokens: a server that takes text "
-                "prompts only, as transformers serve does, needs generation_prompt_format=text)"
+                f"{error} (the prompt went as token ids, generation_prompt_format=tokens: if this server takes text "
+                "prompts only, as transformers serve does, set generation_prompt_format=text)"
             )
             hinted.status = error.status
             raise hinted from error
