@@ -186,3 +186,25 @@ def test_iterate_two_processes(tmp_path):
         samples = [json.loads(line) for line in (output / f"round_{index}" / "samples.jsonl").read_text().splitlines()]
         assert sorted(row["index"] for row in samples) == list(range(summary["prompts"]))
         assert r["samples"] == 4 * summary["prompts"] and r["lists"] > 0
+
+
+def test_served_policy_is_updated_once_per_round_with_two_processes(tmp_path):
+    """`iterate` with 2 gloo processes on a served policy (`policy_update=sglang`, a stub that records the calls): the
+    main process asks the server to reload round 0's checkpoint once, and both processes sample round 1 under the name
+    it answers."""
+    from test_online_served import AdminStub
+
+    stub = AdminStub()
+    try:
+        output = tmp_path / "iterate"
+        _launch("iterate", TINY / "iterate.yaml", output, "cpu2", "--max_steps", "1", "--max_new_tokens", "8",
+                "--generation_backend", "server", "--generation_base_url", stub.base_url, "--generation_model", "policy",
+                "--policy_update", "sglang")  # fmt: skip
+        reloads = stub.posts("model_path")
+        assert [r["model_path"] for r in reloads] == [str((output / "round_0" / "model").resolve())]
+        infos = [r for r in stub.requests if r.get("path") == "/get_model_info"]
+        assert len(infos) == 1
+        rounds = [json.loads(line) for line in (output / "rounds.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in rounds] == [0, 1]
+    finally:
+        stub.close()

@@ -12,7 +12,7 @@ from conftest import cpu_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from trl_rankalign.online import SamplingArguments, read_rounds, record_round, round_key, run_rounds
-from trl_rankalign.online.keys import is_secret, public_fields
+from trl_rankalign.online.keys import is_secret, public_fields, secrets_cleared
 from trl_rankalign.online.kl import SampledIds, sampled_kl
 from trl_rankalign.sampling.generation import TransformersBackend, sample_and_score
 
@@ -43,6 +43,13 @@ def test_server_rounds_need_a_policy_update(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ keys
+def test_rounds_need_an_integer_sampling_seed(tmp_path):
+    from trl_rankalign.iterative import IterativeConfig
+
+    with pytest.raises(ValueError, match="sampling_seed must be an integer"):
+        cpu_config(IterativeConfig, tmp_path, sampling_seed=None)
+
+
 def test_keys_never_hold_secrets(tmp_path):
     from trl_rankalign.iterative import IterativeConfig
 
@@ -52,9 +59,17 @@ def test_keys_never_hold_secrets(tmp_path):
     )
     fields = public_fields(args)
     assert secret not in json.dumps(fields) and fields["model_init_kwargs"] == {"revision": "r"}
+    assert "sampling_batch_size" in fields  # it seeds the batches (sampling_seed + 1000 r + b): a setting
     assert "pad_token" in fields and "max_new_tokens" in fields  # settings that merely contain "token" stay
     assert [n for n in ("hub_token", "api_key", "wandb_api_key", "client_secret") if not is_secret(n)] == []
     assert not is_secret("generation_api_key_env")  # the name of the variable, not the key
+    pushing = cpu_config(IterativeConfig, tmp_path, hub_token=secret, model_init_kwargs={"token": secret, "revision": "r"},
+                         push_to_hub=True, hub_model_id="me/x")  # fmt: skip
+    assert secrets_cleared(pushing) == {
+        "hub_token": None,
+        "model_init_kwargs": {"revision": "r"},
+        "push_to_hub": False,
+    }
 
 
 def test_round_key_chains_and_names_weights():
@@ -275,7 +290,8 @@ def test_iterate_redoes_rounds_when_models_are_retrained_in_place(tiny_path, tmp
     output = tmp_path / "out"
     prompts = tiny_prompt_dataset()["prompt"][:4]
     args = cpu_config(IterativeConfig, output, num_rounds=1, num_samples=3, max_new_tokens=6, sampling_batch_size=4,
-                      max_steps=1, beta=0.1, hub_token=secret, reward_model_path=str(reward_dir))  # fmt: skip
+                      max_steps=1, beta=0.1, hub_token=secret, reward_model_path=str(reward_dir),
+                      model_init_kwargs={"token": secret})  # fmt: skip
     train_iterative(str(policy_dir), prompts, args)
     assert len(calls) == 1
     leaked = [p for p in output.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]

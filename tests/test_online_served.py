@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import cpu_config
 from stub_completions import sample_text
-from stub_server import StubServer
+from stub_server import Fault, StubServer
 
 from trl_rankalign.online import PolicyUpdateError, ServedPolicy
 
@@ -45,9 +45,9 @@ class AdminStub(StubServer):
         if "model_path" in request:  # SGLang
             self.model_path = request["model_path"]
             return 200, {"success": True, "message": "Succeeded to update model weights."}
-        if "lora_name" in request:  # vLLM: a plain-text success
+        if "lora_name" in request:  # vLLM: a plain-text success, not JSON
             self.adapters.append(request["lora_name"])
-            return 200, f"Success: LoRA adapter '{request['lora_name']}' added successfully."
+            return Fault("raw", body=f"Success: LoRA adapter '{request['lora_name']}' added successfully.".encode())
         n = request.get("n", 1)
         choices = [{"index": i, "text": sample_text(request["prompt"], request.get("seed"), i)} for i in range(n)]
         return 200, {"model": "other" if self.lie else request.get("model"), "choices": choices}
@@ -209,7 +209,7 @@ def test_nccl_push_is_verified_by_the_served_logprobs(tiny_path, broken):
         assert served.update(0, None, "weights:0", policy=start) == "policy" and sync.synced == []
         rounds = [_moved(start), _moved(_moved(start))]
         if broken:
-            with pytest.raises(PolicyUpdateError, match=r"Round 1: after the NCCL weight push .*\(before the push"):
+            with pytest.raises(PolicyUpdateError, match=r"Round 1: after the NCCL weight push .* nats per token"):
                 served.update(1, "unused", "weights:1", policy=rounds[0])
             return
         rounds[0].train()  # a policy fresh from its trainer: its mode is left as it was

@@ -18,11 +18,12 @@ from ..sampling.fingerprint import short_hash
 
 __all__ = ["NOT_SETTINGS", "is_secret", "public_fields", "round_key", "secrets_cleared"]
 
-# Fields that change how a run is reported, saved or transported, not what a round produces
+# Fields that change how a run is reported, saved or transported, not what a round produces (not sampling_batch_size:
+# batch b of round r is seeded sampling_seed + 1000 r + b, so the batch size changes the samples)
 NOT_SETTINGS = frozenset(
     {
         "output_dir", "logging_dir", "run_name", "report_to", "disable_tqdm", "logging_steps", "logging_strategy",
-        "logging_first_step", "num_rounds", "sampling_batch_size", "generation_concurrency", "generation_max_retries",
+        "logging_first_step", "num_rounds", "generation_concurrency", "generation_max_retries",
         "generation_timeout", "generation_rps", "generation_api_key_env", "generation_base_url", "save_strategy",
         "save_steps", "save_total_limit", "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo",
         "dataloader_num_workers", "samples_dir",
@@ -45,9 +46,19 @@ def public_fields(args: Any, ignored: frozenset[str] | set[str] = NOT_SETTINGS) 
 
 
 def secrets_cleared(args: Any) -> dict:
-    """`{field: None}` for every secret field of `args` that is set: the overrides that keep a secret out of what a
-    round's trainer saves (`training_args.bin`); the rounds never push to a hub."""
-    return {f.name: None for f in dataclasses.fields(args) if is_secret(f.name) and getattr(args, f.name) is not None}
+    """The overrides that keep secrets out of what a round's trainer saves (`training_args.bin`): `None` for every
+    secret field that is set, mapping fields (`model_init_kwargs`) without their secret keys, and `push_to_hub=False`
+    (the rounds never push to a hub)."""
+    cleared = {}
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if is_secret(f.name) and value is not None:
+            cleared[f.name] = None
+        elif isinstance(value, dict) and _scrub(value) != value:
+            cleared[f.name] = _scrub(value)
+    if getattr(args, "push_to_hub", False):
+        cleared["push_to_hub"] = False
+    return cleared
 
 
 def _scrub(value: Any) -> Any:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 
 from ..sampling.fingerprint import model_fingerprint
 from .records import forget_rounds_from, record_round
@@ -144,7 +145,7 @@ def run_rounds(
         if served is not None:
             fingerprint = model_fingerprint(model)
             checkpoint = output / f"round_{index - 1}" / "model" if index > 0 else None
-            served_name = served.update(index, checkpoint, fingerprint, policy=model)
+            served_name = _update_served(served, state, index, checkpoint, fingerprint, model)
             sampling = {"served_model": served_name, "model_identity": f"served:{served_name}:{fingerprint}"}
             times["time/policy_update"] = time.perf_counter() - start
         current = OnlineRound(index, round_dir, round_key, sampling)
@@ -176,3 +177,16 @@ def run_rounds(
             processing_class.save_pretrained(output_dir)
         state.wait_for_everyone()
     return model, history
+
+
+def _update_served(served: ServedPolicy, state: PartialState, index: int, checkpoint, fingerprint: str, model) -> str:
+    """The name to sample round `index` from, after the served policy is updated once for all processes: the HTTP
+    updates (reload, sglang, lora) are sent by the main process and their answer is broadcast (N processes would load
+    an adapter N times, or reload the weights N times at once); TRL's NCCL sync gathers parameters, a collective
+    that every process joins."""
+    if served.mode == "nccl":
+        return served.update(index, checkpoint, fingerprint, policy=model)
+    name = [served.update(index, checkpoint, fingerprint, policy=model) if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(name)
+    return name[0]

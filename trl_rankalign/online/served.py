@@ -141,7 +141,9 @@ class ServedPolicy:
                 )
             return self.served_model
         name = f"{self.served_model.rstrip('/').split('/')[-1]}-round{round_index}-{fingerprint.split(':')[-1][:12]}"
-        self.api.post("/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        self.api.post(
+            "/load_lora_adapter", {"lora_name": name, "lora_path": path}, text_reply=True
+        )  # vLLM: plain text
         listed = [m.get("id") for m in self.api.get("/models").get("data", []) if isinstance(m, dict)]
         if name not in listed:
             raise PolicyUpdateError(f"Round {round_index}: the server lists {listed} after loading adapter {name!r}.")
@@ -156,8 +158,8 @@ class ServedPolicy:
     def _push(self, round_index: int, policy: Any) -> str:
         """Push `policy`'s weights over NCCL with TRL's weight sync, then check the served log-probs match them."""
         probe = self.processing_class(PROBE_TEXT, add_special_tokens=False)["input_ids"]
-        before = self.served_logprobs(probe)
         if self._sync is None:
+            self.served_logprobs(probe)  # the check below needs prompt log-probs: fail before joining the NCCL group
             self._sync = (self.weight_sync or self._trl_weight_sync)(policy)
         # TRL's VLLMGeneration keeps the model it syncs in its public `model` attribute (its constructor argument);
         # each round trains a new policy object, so point it at this round's (our own object, not the user's).
@@ -168,9 +170,8 @@ class ServedPolicy:
         if distance > LOGPROB_TOLERANCE:
             raise PolicyUpdateError(
                 f"Round {round_index}: after the NCCL weight push the server's log-probs of the probe differ from the "
-                f"round's weights by {distance:.4f} nats per token (before the push: "
-                f"{float((before - local).abs().mean()):.4f}; tolerance {LOGPROB_TOLERANCE}): the server does not "
-                "serve the round's policy."
+                f"round's weights by {distance:.4f} nats per token (tolerance {LOGPROB_TOLERANCE}): the server does "
+                "not serve the round's policy."
             )
         return self.served_model
 

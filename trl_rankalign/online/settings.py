@@ -137,6 +137,11 @@ class RoundArguments(SamplingArguments):
 
     def check_round_arguments(self, num_rounds: int) -> None:
         self.check_sampling_arguments()
+        if isinstance(self.sampling_seed, bool) or not isinstance(self.sampling_seed, int):
+            raise ValueError(
+                f"sampling_seed must be an integer (round r's batch b is seeded sampling_seed + 1000 * r + b), got "
+                f"{self.sampling_seed!r}."
+            )
         if self.policy_update not in POLICY_UPDATES:
             raise ValueError(f"policy_update must be one of {POLICY_UPDATES}, got {self.policy_update!r}.")
         if self.policy_update != "none" and self.generation_backend != "server":

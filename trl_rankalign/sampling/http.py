@@ -177,10 +177,10 @@ class Endpoint:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _send(self, url: str, body: bytes | None) -> dict:
+    def _send(self, url: str, body: bytes | None, text_reply: bool = False) -> dict:
         """One attempt (a POST of `body`, or a GET when it is `None`). The socket timeout bounds each wait for data;
         the deadline bounds the whole reply, checked as each chunk arrives (`read1` returns what has come, so a trickled
-        body cannot reset the clock)."""
+        body cannot reset the clock). With `text_reply`, a successful body that is not JSON is `{"text": body}`."""
         deadline = time.monotonic() + self.timeout
         method = "GET" if body is None else "POST"
         request = urllib.request.Request(url, data=body, headers=self._headers(), method=method)
@@ -190,7 +190,13 @@ class Endpoint:
                 chunks.append(chunk)
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the reply was still arriving after {self.timeout} s")
-            return json.loads(b"".join(chunks).decode("utf-8"))
+            text = b"".join(chunks).decode("utf-8")
+            if text_reply:
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError:
+                    return {"text": text}
+            return json.loads(text)
 
     def _error_body(self, error: urllib.error.HTTPError) -> str:
         """The start of an error reply's body, masked first and cut after (a key near the cut stays whole, masked)."""
@@ -213,15 +219,16 @@ class Endpoint:
         """GET `base_url + path` and return the decoded JSON reply; retries and errors as [`post`]."""
         return self._request(path, None)
 
-    def post(self, path: str, payload: dict) -> dict:
-        """POST `payload` as JSON to `base_url + path` and return the decoded JSON reply.
+    def post(self, path: str, payload: dict, text_reply: bool = False) -> dict:
+        """POST `payload` as JSON to `base_url + path` and return the decoded JSON reply (`text_reply`: a plain-text
+        success reply, as vLLM's `/v1/load_lora_adapter` sends, is returned as `{"text": ...}` instead of retried).
 
         Raises `error_class` after `max_retries` retries of transient failures (naming the URL, the number of attempts
         and the last error), at once for other HTTP errors (401, 404, ...) and for redirects.
         """
-        return self._request(path, json.dumps(payload).encode("utf-8"))
+        return self._request(path, json.dumps(payload).encode("utf-8"), text_reply)
 
-    def _request(self, path: str, body: bytes | None) -> dict:
+    def _request(self, path: str, body: bytes | None, text_reply: bool = False) -> dict:
         url = self.base_url + path
         shown = self.display_url + path
         last_error = "no attempt made"
@@ -229,7 +236,7 @@ class Endpoint:
             self.rate_limiter.acquire()
             retry_after = None
             try:
-                return self._send(url, body)
+                return self._send(url, body, text_reply)
             except urllib.error.HTTPError as error:
                 if 300 <= error.code < 400:
                     target = error.headers.get("Location", "") if error.headers else ""
