@@ -115,19 +115,22 @@ def test_probe_refuses_families_whose_layers_drop_the_layout(family):
     assert model.config._attn_implementation == "sdpa" and model.training
 
 
-def test_probe_catches_a_layer_that_silently_attends_across_completions(tiny_path):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layer", [0, -1])
+def test_probe_catches_a_layer_that_silently_attends_across_completions(tiny_path, dtype, layer):
     """A layer that drops the layout and the mask (so no error is raised: plain causal attention over the packed row)
-    is caught by comparing the probe's log-probs with the unshared rows'."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
+    is caught, in bfloat16 too, where its log-prob difference is inside the dtype's tolerance: the layers that called
+    the shared-prompt attention are counted."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=dtype)
 
     def drop_layout(module, args, kwargs):
         kwargs.pop("shared_prompt_layout", None)
         return args, {**kwargs, "attention_mask": None}
 
-    handle = model.model.layers[-1].register_forward_pre_hook(drop_layout, with_kwargs=True)
+    handle = model.model.layers[layer].register_forward_pre_hook(drop_layout, with_kwargs=True)
     reasons = probe_shared_prompt_attention(model)
     handle.remove()
-    assert len(reasons) == 1 and "differs from the unshared rows" in reasons[0], reasons
+    assert len(reasons) == 1 and "does not hand the layout to attention" in reasons[0], reasons
 
 
 def test_probe_passes_a_family_it_runs(tiny_path):

@@ -10,6 +10,11 @@ scores (e.g. 0.1 and 0.1 + 1e-9) into ties, which changes tau-b and NDCG (scipy 
 import torch
 
 
+def _cpu64(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor):
+    """The inputs on the CPU, values in float64 (near-ties kept apart; MPS has no float64, and the lists are small)."""
+    return rewards.detach().cpu().double(), scores.detach().cpu().double(), mask.detach().cpu().bool()
+
+
 def _pair_masks(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor):
     valid = mask[:, :, None] & mask[:, None, :]  # (B, K, K)
     upper = torch.ones_like(valid[0]).triu(diagonal=1)  # each unordered pair once
@@ -22,7 +27,7 @@ def _pair_masks(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor)
 @torch.no_grad()
 def pairwise_accuracy(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Fraction of strictly ordered pairs (by score) that the rewards order the same way, strictly. ``(B,)``."""
-    pairs, score_diff, reward_diff = _pair_masks(rewards.double(), scores.double(), mask)
+    pairs, score_diff, reward_diff = _pair_masks(*_cpu64(rewards, scores, mask))
     ordered = pairs & (score_diff != 0)
     correct = (ordered & (score_diff == reward_diff)).sum(dim=(1, 2)).float()
     total = ordered.sum(dim=(1, 2)).float()
@@ -35,7 +40,7 @@ def kendall_tau(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor)
 
     tau_b = (C - D) / sqrt((n0 - n_rewards_tied) * (n0 - n_scores_tied)), n0 the number of pairs.
     """
-    pairs, score_diff, reward_diff = _pair_masks(rewards.double(), scores.double(), mask)
+    pairs, score_diff, reward_diff = _pair_masks(*_cpu64(rewards, scores, mask))
     pairs = pairs.double()
     concordance = (score_diff * reward_diff * pairs).sum(dim=(1, 2))  # C - D
     untied_scores = ((score_diff != 0).double() * pairs).sum(dim=(1, 2))  # n0 - n2
@@ -65,7 +70,7 @@ def ndcg(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> tor
     ties by the (best-first) slot position would give. NaN where IDCG = 0 (fewer than two valid items, or all valid
     scores equal); scikit-learn returns 0 there.
     """
-    rewards, scores = rewards.double(), scores.double()
+    rewards, scores, mask = _cpu64(rewards, scores, mask)
     K = scores.size(1)
     big = torch.finfo(torch.float64).max
     min_score = torch.where(mask, scores, big).min(dim=1, keepdim=True).values  # (B, 1)

@@ -434,10 +434,10 @@ class RankedPreferenceTrainer(DPOTrainer):
         num_tokens = self.accelerator.gather_for_metrics(forward.num_tokens).sum().item() if mode == "train" else 0
         metrics["num_tokens"] = [self._count_train_tokens(num_tokens)]
 
-        # List-level metrics. One float32 dtype on every process: padding a bool mask can change its dtype on some
-        # processes only
+        # List-level metrics. One float32 dtype on every process (padding a bool mask can change its dtype on some
+        # processes only; MPS has no float64): the ranking metrics move the gathered lists to float64 on the CPU
         rewards, logps, scores, mask = self._gather_lists(
-            rewards.double(), forward.logps.detach().float(), inputs["scores"].double(), local_mask.float()
+            rewards.float(), forward.logps.detach().float(), inputs["scores"].float(), local_mask.float()
         )
         mask = mask.bool()
         rows = torch.arange(mask.size(0), device=mask.device)
