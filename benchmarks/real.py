@@ -861,7 +861,9 @@ def _model_path() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, 3 steps, 8 held-out problems: an end-to-end check")
+    parser.add_argument(
+        "--quick", action="store_true", help="one seed, 3 steps, 8 held-out problems: an end-to-end check"
+    )
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS))
     parser.add_argument("--steps", type=int)
